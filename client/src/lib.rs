@@ -1,0 +1,1 @@
+//! Tidewire browser SDK.
