@@ -36,7 +36,10 @@ impl Cursor {
 
     /// The position of `room`, if the cursor has one.
     pub fn get(&self, room: &str) -> Option<u64> {
-        self.positions.iter().find(|(r, _)| r == room).map(|(_, s)| *s)
+        self.positions
+            .iter()
+            .find(|(r, _)| r == room)
+            .map(|(_, s)| *s)
     }
 
     /// Sets the position of `room`, appending it if new. The caller has validated `room`.
@@ -78,19 +81,28 @@ impl FromStr for Cursor {
             return Ok(cursor);
         }
         for pair in s.split(',') {
-            let (room, seq) = pair
-                .split_once('=')
-                .ok_or_else(|| ProtocolError::BadCursor(format!("`{}` is not room=seq", short(pair))))?;
-            validate_room(room).map_err(|_| ProtocolError::BadCursor(format!("bad room name `{}`", short(room))))?;
+            let (room, seq) = pair.split_once('=').ok_or_else(|| {
+                ProtocolError::BadCursor(format!("`{}` is not room=seq", short(pair)))
+            })?;
+            validate_room(room).map_err(|_| {
+                ProtocolError::BadCursor(format!("bad room name `{}`", short(room)))
+            })?;
             let canonical = !seq.is_empty()
                 && seq.bytes().all(|b| b.is_ascii_digit())
                 && (seq == "0" || !seq.starts_with('0'));
             let seq: u64 = match (canonical, seq.parse()) {
                 (true, Ok(n)) => n,
-                _ => return Err(ProtocolError::BadCursor(format!("`{}` is not a sequence number", short(seq)))),
+                _ => {
+                    return Err(ProtocolError::BadCursor(format!(
+                        "`{}` is not a sequence number",
+                        short(seq)
+                    )))
+                }
             };
             if cursor.get(room).is_some() {
-                return Err(ProtocolError::BadCursor(format!("room `{room}` named twice")));
+                return Err(ProtocolError::BadCursor(format!(
+                    "room `{room}` named twice"
+                )));
             }
             cursor.positions.push((room.to_owned(), seq));
         }
@@ -124,8 +136,21 @@ mod tests {
 
     #[test]
     fn bad_cursors() {
-        for bad in ["a", "a=", "=1", "a=1,", ",a=1", "a=-1", "a=1x", "a=01", "a=1,a=2", "a b=1",
-                    "a=99999999999999999999999", "a=1;b=2", "a=+1"] {
+        for bad in [
+            "a",
+            "a=",
+            "=1",
+            "a=1,",
+            ",a=1",
+            "a=-1",
+            "a=1x",
+            "a=01",
+            "a=1,a=2",
+            "a b=1",
+            "a=99999999999999999999999",
+            "a=1;b=2",
+            "a=+1",
+        ] {
             let err = bad.parse::<Cursor>().unwrap_err();
             assert_eq!(err.code(), crate::ErrorCode::BadCursor, "{bad}");
         }

@@ -56,7 +56,12 @@ struct WireEnvelope {
 
 impl<A: AppEvent> Envelope<A> {
     /// An ephemeral or control envelope (no `seq`).
-    pub fn ephemeral(room: impl Into<String>, id: impl Into<String>, ts: impl Into<String>, event: Event<A>) -> Self {
+    pub fn ephemeral(
+        room: impl Into<String>,
+        id: impl Into<String>,
+        ts: impl Into<String>,
+        event: Event<A>,
+    ) -> Self {
         Envelope {
             room: room.into(),
             seq: None,
@@ -80,7 +85,10 @@ impl<A: AppEvent> Envelope<A> {
     /// Decodes JSON text of at most `limit` bytes.
     pub fn decode_limited(text: &str, limit: usize) -> Result<Self, ProtocolError> {
         if text.len() > limit {
-            return Err(ProtocolError::TooLarge { size: text.len(), limit });
+            return Err(ProtocolError::TooLarge {
+                size: text.len(),
+                limit,
+            });
         }
         let wire: WireEnvelope = serde_json::from_str(text).map_err(ProtocolError::from_serde)?;
         Self::from_wire(wire)
@@ -111,7 +119,10 @@ impl<A: AppEvent> Envelope<A> {
                 return Err(ProtocolError::MissingField("seq"));
             }
             if w.seq == Some(0) {
-                return Err(ProtocolError::InvalidField { field: "seq", reason: "seq starts at 1".into() });
+                return Err(ProtocolError::InvalidField {
+                    field: "seq",
+                    reason: "seq starts at 1".into(),
+                });
             }
         }
         Ok(Envelope {

@@ -247,8 +247,25 @@ impl ProtocolError {
 }
 
 const KNOWN_FIELDS: &[&str] = &[
-    "v", "type", "room", "rooms", "id", "value", "version", "data", "event", "token", "code",
-    "message", "ok", "retry_ms", "reason", "members", "client_id", "key", "ref",
+    "v",
+    "type",
+    "room",
+    "rooms",
+    "id",
+    "value",
+    "version",
+    "data",
+    "event",
+    "token",
+    "code",
+    "message",
+    "ok",
+    "retry_ms",
+    "reason",
+    "members",
+    "client_id",
+    "key",
+    "ref",
 ];
 
 /// An HTTP error body, `application/problem+json` (RFC 9457), with Tidewire's stable `code`.

@@ -250,7 +250,10 @@ pub mod __private {
             .serialize(s)
     }
 
-    pub fn tagged_from_parts<T: DeserializeOwned>(ty: &str, data: Value) -> Result<T, ProtocolError> {
+    pub fn tagged_from_parts<T: DeserializeOwned>(
+        ty: &str,
+        data: Value,
+    ) -> Result<T, ProtocolError> {
         let mut obj = serde_json::Map::new();
         obj.insert("type".into(), Value::String(ty.to_owned()));
         if !data.is_null() {
@@ -315,7 +318,10 @@ impl<A: AppEvent> Event<A> {
 
     /// Whether the event is in the room's log and carries a `seq`.
     pub fn is_durable(&self) -> bool {
-        matches!(self, Event::ItemPut(_) | Event::ItemDeleted(_) | Event::App(_))
+        matches!(
+            self,
+            Event::ItemPut(_) | Event::ItemDeleted(_) | Event::App(_)
+        )
     }
 
     /// Builds an event from its wire `type` and `data`.

@@ -153,7 +153,15 @@ pub enum ClientFrame {
 }
 
 const CLIENT_FRAME_TYPES: &[&str] = &[
-    "subscribe", "unsubscribe", "put", "delete", "publish", "broadcast", "presence", "ping", "auth",
+    "subscribe",
+    "unsubscribe",
+    "put",
+    "delete",
+    "publish",
+    "broadcast",
+    "presence",
+    "ping",
+    "auth",
 ];
 
 impl ClientFrame {
@@ -164,21 +172,41 @@ impl ClientFrame {
     }
 
     /// Decodes and validates a frame with the given size and room limits.
-    pub fn decode_limited(text: &str, max_bytes: usize, max_rooms: usize) -> Result<ClientFrame, ProtocolError> {
+    pub fn decode_limited(
+        text: &str,
+        max_bytes: usize,
+        max_rooms: usize,
+    ) -> Result<ClientFrame, ProtocolError> {
         if text.len() > max_bytes {
-            return Err(ProtocolError::TooLarge { size: text.len(), limit: max_bytes });
+            return Err(ProtocolError::TooLarge {
+                size: text.len(),
+                limit: max_bytes,
+            });
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| ProtocolError::BadJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ProtocolError::BadJson(e.to_string()))?;
         let ty = match value.get("type") {
             Some(Value::String(t)) => t.as_str(),
-            Some(_) => return Err(ProtocolError::InvalidField { field: "type", reason: "must be a string".into() }),
+            Some(_) => {
+                return Err(ProtocolError::InvalidField {
+                    field: "type",
+                    reason: "must be a string".into(),
+                })
+            }
             None if value.is_object() => return Err(ProtocolError::MissingField("type")),
-            None => return Err(ProtocolError::BadJson("a frame must be a JSON object".into())),
+            None => {
+                return Err(ProtocolError::BadJson(
+                    "a frame must be a JSON object".into(),
+                ))
+            }
         };
         if !CLIENT_FRAME_TYPES.contains(&ty) {
-            return Err(ProtocolError::UnknownFrameType(ty.chars().take(64).collect()));
+            return Err(ProtocolError::UnknownFrameType(
+                ty.chars().take(64).collect(),
+            ));
         }
-        let frame: ClientFrame = serde_json::from_value(value).map_err(ProtocolError::from_serde)?;
+        let frame: ClientFrame =
+            serde_json::from_value(value).map_err(ProtocolError::from_serde)?;
         frame.validate(max_rooms)?;
         Ok(frame)
     }
@@ -189,7 +217,10 @@ impl ClientFrame {
         match self {
             ClientFrame::Subscribe { rooms, since, .. } => {
                 if rooms.len() > max_rooms {
-                    return Err(ProtocolError::TooManyRooms { count: rooms.len(), limit: max_rooms });
+                    return Err(ProtocolError::TooManyRooms {
+                        count: rooms.len(),
+                        limit: max_rooms,
+                    });
                 }
                 rooms.iter().try_for_each(|r| validate_room(r))?;
                 if let Some(s) = since {
@@ -197,18 +228,24 @@ impl ClientFrame {
                 }
                 Ok(())
             }
-            ClientFrame::Unsubscribe { rooms, .. } => rooms.iter().try_for_each(|r| validate_room(r)),
+            ClientFrame::Unsubscribe { rooms, .. } => {
+                rooms.iter().try_for_each(|r| validate_room(r))
+            }
             ClientFrame::Put { room, id, key, .. } | ClientFrame::Delete { room, id, key, .. } => {
                 validate_room(room)?;
                 validate_item_id(id)?;
                 key_ok(key)
             }
-            ClientFrame::Publish { room, event, key, .. } => {
+            ClientFrame::Publish {
+                room, event, key, ..
+            } => {
                 validate_room(room)?;
                 validate_event_type(&event.event_type)?;
                 key_ok(key)
             }
-            ClientFrame::Broadcast { room, .. } | ClientFrame::Presence { room, .. } => validate_room(room),
+            ClientFrame::Broadcast { room, .. } | ClientFrame::Presence { room, .. } => {
+                validate_room(room)
+            }
             ClientFrame::Ping { .. } | ClientFrame::Auth { .. } => Ok(()),
         }
     }
@@ -296,9 +333,13 @@ impl<A: AppEvent> ServerFrame<A> {
     /// Decodes a server frame of at most [`MAX_BODY_BYTES`].
     pub fn decode(text: &str) -> Result<Self, ProtocolError> {
         if text.len() > MAX_BODY_BYTES {
-            return Err(ProtocolError::TooLarge { size: text.len(), limit: MAX_BODY_BYTES });
+            return Err(ProtocolError::TooLarge {
+                size: text.len(),
+                limit: MAX_BODY_BYTES,
+            });
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| ProtocolError::BadJson(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ProtocolError::BadJson(e.to_string()))?;
         Self::decode_value(value)
     }
 
@@ -309,7 +350,8 @@ impl<A: AppEvent> ServerFrame<A> {
         match ty {
             "ack" | "pong" | "error" if !is_envelope => {
                 let ty = ty.to_owned();
-                let r: WireReply = serde_json::from_value(value).map_err(ProtocolError::from_serde)?;
+                let r: WireReply =
+                    serde_json::from_value(value).map_err(ProtocolError::from_serde)?;
                 Ok(match ty.as_str() {
                     "pong" => ServerFrame::Pong { r#ref: r.r#ref },
                     "error" => ServerFrame::Error {
@@ -324,7 +366,11 @@ impl<A: AppEvent> ServerFrame<A> {
                         } else {
                             Err(r.error.ok_or(ProtocolError::MissingField("error"))?)
                         };
-                        ServerFrame::Ack { r#ref: r.r#ref, result, cursor: r.cursor }
+                        ServerFrame::Ack {
+                            r#ref: r.r#ref,
+                            result,
+                            cursor: r.cursor,
+                        }
                     }
                 })
             }
@@ -342,7 +388,11 @@ impl<A: AppEvent> Serialize for ServerFrame<A> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             ServerFrame::Event(env) => env.serialize(s),
-            ServerFrame::Ack { r#ref, result, cursor } => {
+            ServerFrame::Ack {
+                r#ref,
+                result,
+                cursor,
+            } => {
                 let mut m = s.serialize_map(None)?;
                 m.serialize_entry("type", "ack")?;
                 if let Some(r) = r#ref {
@@ -367,7 +417,11 @@ impl<A: AppEvent> Serialize for ServerFrame<A> {
                 }
                 m.end()
             }
-            ServerFrame::Error { r#ref, code, message } => {
+            ServerFrame::Error {
+                r#ref,
+                code,
+                message,
+            } => {
                 let mut m = s.serialize_map(None)?;
                 m.serialize_entry("type", "error")?;
                 if let Some(r) = r#ref {

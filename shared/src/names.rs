@@ -91,7 +91,15 @@ mod tests {
     #[test]
     fn event_types() {
         assert!(validate_event_type("chat.message").is_ok());
-        for bad in ["item.put", "item.anything", "presence.join", "broadcast", "resync", "error", ""] {
+        for bad in [
+            "item.put",
+            "item.anything",
+            "presence.join",
+            "broadcast",
+            "resync",
+            "error",
+            "",
+        ] {
             assert!(validate_event_type(bad).is_err(), "{bad}");
         }
     }

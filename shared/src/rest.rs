@@ -41,7 +41,10 @@ pub struct Snapshot {
 
 /// `GET /v1/poll`: events after the cursor and the cursor to poll from next.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(bound(deserialize = "Envelope<A>: Deserialize<'de>", serialize = "Envelope<A>: Serialize"))]
+#[serde(bound(
+    deserialize = "Envelope<A>: Deserialize<'de>",
+    serialize = "Envelope<A>: Serialize"
+))]
 pub struct PollResponse<A = RawAppEvent> {
     /// Events in `seq` order per room.
     pub events: Vec<Envelope<A>>,

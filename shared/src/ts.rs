@@ -1,0 +1,1 @@
+//! TypeScript declarations generated from the Rust types (feature `ts`).
