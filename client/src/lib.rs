@@ -1,1 +1,33 @@
-//! Tidewire browser SDK.
+//! # tidewire-client
+//!
+//! The Tidewire browser SDK: live rooms over SSE, WebSocket, long-poll and polling, with
+//! exact resume, optimistic writes, presence and broadcast. Built by `wasm-pack` into the npm
+//! package `tidewire`; Rust/wasm applications use it as a crate.
+//!
+//! The logic that decides things is plain Rust and tested natively:
+//! [`backoff`] (exponential backoff with full jitter), [`state`] (the connection state
+//! machine) and [`room`] (room state, ordering, pending writes). The browser layer
+//! (`client`, `transport`, `http`, `js`) is a thin shell around them, compiled for wasm32 only.
+//!
+//! ```
+//! use tidewire_client::room::RoomState;
+//! let room = RoomState::new("board-1", 1_000);
+//! assert_eq!(room.seq(), 0);
+//! ```
+//!
+//! In a browser (Rust):
+//!
+//! ```ignore
+//! let client = tidewire_client::Client::new(tidewire_client::Options::new("http://127.0.0.1:8080"))?;
+//! let room = client.room("board-1")?;
+//! let _sub = room.subscribe(|update| log(&format!("{} items", update.items.len())));
+//! room.put("slot-3", serde_json::json!({"free": false})).await?;
+//! ```
+
+pub mod backoff;
+mod error;
+pub mod room;
+pub mod state;
+
+pub use error::Error;
+pub use tidewire_protocol as protocol;
