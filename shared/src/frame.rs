@@ -41,7 +41,6 @@ pub enum ClientFrame {
         since: Option<String>,
         /// Also receive presence events (`presence.*`) of these rooms.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-        #[cfg_attr(feature = "ts", ts(optional))]
         presence: bool,
     },
     /// Stop following rooms (and leave their presence).

@@ -1,1 +1,380 @@
-fn main() {}
+//! The project's two commands (run through the `cargo xtask` alias in `.cargo/config.toml`):
+//!
+//! ```text
+//! cargo xtask demo            # install what is missing, build the npm package, run the server
+//! cargo xtask test            # install what is missing, run every check and test
+//! cargo xtask test --quick    # the same without the npm package and browser tests
+//! cargo xtask test --list     # print the steps
+//! cargo xtask setup           # install what is missing, nothing else
+//! ```
+//!
+//! Only `cargo` is assumed present. Everything else (the wasm32 target, wasm-bindgen,
+//! wasm-pack, wasm-opt, Chromium, Node.js packages) is checked and installed by [`setup`].
+//! Builds use the default target directory (`target/`) unless `CARGO_TARGET_DIR` is set.
+
+mod run;
+mod setup;
+mod steps;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use run::{human, run, run_foreground};
+use setup::{Setup, Tool};
+use steps::{Action, Group, Step, STEPS, WASM_PACK_BUILD};
+
+/// Where `cargo xtask demo` listens by default.
+const DEMO_LISTEN: &str = "127.0.0.1:8080";
+/// The demo's database, relative to the repository root.
+const DEMO_DATABASE: &str = "sqlite://tidewire.db";
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  demo [--listen ADDR]   install what is missing, build the npm package, run the demo server
+                         (default http://127.0.0.1:8080)
+  test [--quick]         run every check and test; --quick skips the npm package and browser tests
+  test --list            print the steps of `test`
+  setup [--quick]        install what is missing, nothing else
+";
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum Error {
+    /// A program could not be started.
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS's reason.
+        reason: String,
+    },
+    /// A command exited unsuccessfully.
+    Failed {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+    },
+    /// A prerequisite is missing and cannot be installed here.
+    Missing {
+        /// What is missing.
+        what: String,
+        /// How to install it.
+        how: String,
+    },
+    /// Bad command-line arguments.
+    Usage(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Spawn { program, reason } => write!(f, "cannot run `{program}`: {reason}"),
+            Error::Failed { command, status } => write!(f, "`{command}` failed ({status})"),
+            Error::Missing { what, how } => {
+                write!(f, "missing prerequisite: {what}\n  to fix: {how}")
+            }
+            Error::Usage(msg) => write!(f, "{msg}\n\n{USAGE}"),
+        }
+    }
+}
+
+/// What every command needs to know.
+pub struct Ctx {
+    /// The repository root.
+    pub root: PathBuf,
+    /// The `cargo` to use: the one running the xtask.
+    pub cargo: String,
+    /// The Cargo target directory (`$CARGO_TARGET_DIR` or `target/`).
+    pub target_dir: PathBuf,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives in the repository root")
+            .to_path_buf();
+        let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => root.join(dir),
+            None => root.join("target"),
+        };
+        Ctx {
+            root,
+            cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            target_dir,
+        }
+    }
+
+    fn tidewire_bin(&self) -> PathBuf {
+        self.target_dir.join("debug").join("tidewire")
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ctx = Ctx::new();
+    prepend_cargo_bin_to_path();
+    let result = match args.as_slice() {
+        ["demo"] => demo(&ctx, DEMO_LISTEN),
+        ["demo", "--listen", addr] => demo(&ctx, addr),
+        ["test"] => test(&ctx, false),
+        ["test", "--quick"] => test(&ctx, true),
+        ["test", "--list"] => {
+            list();
+            Ok(())
+        }
+        ["setup"] => Setup::default().ensure(&ctx, &tools(false)),
+        ["setup", "--quick"] => Setup::default().ensure(&ctx, &tools(true)),
+        [] | ["help" | "--help" | "-h"] => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(Error::Usage(format!(
+            "unknown arguments: {}",
+            other.join(" ")
+        ))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo install` puts programs in Cargo's bin directory; make sure children find them there.
+fn prepend_cargo_bin_to_path() {
+    let bin = setup::cargo_bin();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return;
+    }
+    let mut dirs = vec![bin];
+    dirs.extend(std::env::split_paths(&path));
+    if let Ok(joined) = std::env::join_paths(dirs) {
+        std::env::set_var("PATH", joined);
+    }
+}
+
+/// The prerequisites of `test` (or `test --quick`).
+fn tools(quick: bool) -> Vec<Tool> {
+    if quick {
+        vec![Tool::WasmTarget]
+    } else {
+        vec![
+            Tool::WasmTarget,
+            Tool::WasmBindgen,
+            Tool::WasmPack,
+            Tool::WasmOpt,
+            Tool::Chromium,
+            Tool::Node,
+        ]
+    }
+}
+
+fn demo(ctx: &Ctx, listen: &str) -> Result<(), Error> {
+    banner("setup");
+    Setup::default().ensure(
+        ctx,
+        &[
+            Tool::WasmTarget,
+            Tool::WasmBindgen,
+            Tool::WasmPack,
+            Tool::WasmOpt,
+        ],
+    )?;
+    banner("build the npm package into client/pkg");
+    run(&ctx.root, "wasm-pack", WASM_PACK_BUILD, &[])?;
+    banner("build the server (release)");
+    run(
+        &ctx.root,
+        &ctx.cargo,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "tidewire-server",
+            "--bin",
+            "tidewire",
+        ],
+        &[],
+    )?;
+    let bin = ctx.target_dir.join("release").join("tidewire");
+    let bin = bin.to_string_lossy();
+    banner(&format!(
+        "demo: open http://{listen}/ in a browser (Ctrl+C stops the server)"
+    ));
+    run_foreground(
+        &ctx.root,
+        &bin,
+        &[
+            "serve",
+            "--listen",
+            listen,
+            "--database",
+            DEMO_DATABASE,
+            "--www-dir",
+            "www",
+            "--pkg-dir",
+            "client/pkg",
+        ],
+    )
+}
+
+fn list() {
+    for (i, s) in STEPS.iter().enumerate() {
+        let what = match s.action {
+            Action::Cargo(args) => run::command_line("cargo", args),
+            Action::Exec(p, args) => run::command_line(p, args),
+            Action::NpmCi => "npm ci".into(),
+            Action::Slot(what) => format!("(slot, not wired yet: {what})"),
+        };
+        let when = s
+            .only_if
+            .map_or(String::new(), |p| format!("   [when {p} exists]"));
+        let quick = if s.group == Group::Browser {
+            "   [not in --quick]"
+        } else {
+            ""
+        };
+        println!(
+            "{:2}. {}\n    in {}: {what}{when}{quick}",
+            i + 1,
+            s.name,
+            s.dir
+        );
+    }
+}
+
+enum Status {
+    Passed(Duration),
+    Skipped(String),
+}
+
+fn test(ctx: &Ctx, quick: bool) -> Result<(), Error> {
+    let started = Instant::now();
+    banner("setup");
+    Setup::default().ensure(ctx, &tools(quick))?;
+
+    let bin = ctx.tidewire_bin().to_string_lossy().into_owned();
+    let root = ctx.root.to_string_lossy().into_owned();
+    let pkg = ctx.root.join("client/pkg").to_string_lossy().into_owned();
+    let mut env: Vec<(&str, String)> = vec![
+        ("TIDEWIRE_ROOT", root),
+        ("TIDEWIRE_BIN", bin),
+        ("TIDEWIRE_PKG", pkg),
+    ];
+    if !quick {
+        if let Some(c) = setup::chromium_path() {
+            env.push(("TIDEWIRE_CHROMIUM", c));
+        }
+        if let Some(d) = setup::chromedriver_path() {
+            env.push(("CHROMEDRIVER", d));
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let mut report: Vec<(&Step, Status)> = Vec::new();
+    let mut summaries: Vec<(&str, Vec<String>)> = Vec::new();
+    let total = STEPS.len();
+    for (i, step) in STEPS.iter().enumerate() {
+        let n = i + 1;
+        if quick && step.group == Group::Browser {
+            report.push((step, Status::Skipped("--quick".into())));
+            continue;
+        }
+        if let Some(path) = step.only_if {
+            if !ctx.root.join(path).exists() {
+                println!(
+                    "\n--> [{n}/{total}] {}: skipped ({path} does not exist)",
+                    step.name
+                );
+                report.push((step, Status::Skipped(format!("no {path}"))));
+                continue;
+            }
+        }
+        if let Action::Slot(what) = step.action {
+            println!(
+                "\n--> [{n}/{total}] {}: skipped (slot not wired yet: {what})",
+                step.name
+            );
+            report.push((step, Status::Skipped("slot not wired yet".into())));
+            continue;
+        }
+        banner(&format!("[{n}/{total}] {}", step.name));
+        let dir = ctx.root.join(step.dir);
+        let t0 = Instant::now();
+        let outcome = match step.action {
+            Action::Cargo(args) => run(&dir, &ctx.cargo, args, &env).map(|o| o.summaries),
+            Action::Exec(program, args) => run(&dir, program, args, &env).map(|o| o.summaries),
+            Action::NpmCi => setup::npm_ci(&dir).map(|()| Vec::new()),
+            Action::Slot(_) => Ok(Vec::new()),
+        };
+        let took = t0.elapsed();
+        match outcome {
+            Ok(lines) => {
+                println!("<-- [{n}/{total}] {}: ok in {}", step.name, human(took));
+                if !lines.is_empty() {
+                    summaries.push((step.name, lines));
+                }
+                report.push((step, Status::Passed(took)));
+            }
+            Err(e) => {
+                println!(
+                    "<-- [{n}/{total}] {}: FAILED after {}",
+                    step.name,
+                    human(took)
+                );
+                print_report(&report, &summaries);
+                println!(
+                    "\nFAILED at step {n}/{total} \"{}\" after {} in all",
+                    step.name,
+                    human(started.elapsed())
+                );
+                return Err(e);
+            }
+        }
+    }
+    println!(
+        "\nall steps passed in {}{}",
+        human(started.elapsed()),
+        if quick {
+            " (--quick: browser steps skipped)"
+        } else {
+            ""
+        }
+    );
+    print_report(&report, &summaries);
+    Ok(())
+}
+
+/// The step table, then the test runners' own summary lines, last.
+fn print_report(report: &[(&Step, Status)], summaries: &[(&str, Vec<String>)]) {
+    println!("\n== steps ==");
+    for (step, status) in report {
+        match status {
+            Status::Passed(d) => println!("  ok       {:>8}  {}", human(*d), step.name),
+            Status::Skipped(why) => println!("  skipped  {:>8}  {} ({why})", "", step.name),
+        }
+    }
+    if summaries.is_empty() {
+        return;
+    }
+    println!("\n== test runner summaries ==");
+    for (name, lines) in summaries {
+        println!("{name}:");
+        for line in lines {
+            println!("{line}");
+        }
+    }
+}
+
+fn banner(title: &str) {
+    println!("\n==> {title}");
+}

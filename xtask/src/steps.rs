@@ -1,0 +1,229 @@
+//! The steps of `cargo xtask test`, in the order they run. Adding a step is one line in
+//! [`STEPS`]; a step with `only_if` runs once that file exists, so a part of the project that
+//! is still being built does not fail the run.
+//!
+//! ```text
+//! Step::new("my tests", Group::Browser, Some("tests/mine/package.json"), "tests/mine", Action::Exec("npm", &["test"])),
+//! ```
+
+use crate::setup::WASM_TARGET;
+
+/// The one `wasm-pack build` of the browser SDK, used by `demo` and `test` alike: the npm
+/// package lands in `client/pkg`, which the server serves at `/pkg/`.
+pub const WASM_PACK_BUILD: &[&str] = &[
+    "build",
+    "client",
+    "--release",
+    "--target",
+    "web",
+    "--out-dir",
+    "pkg",
+];
+
+/// Which part of the run a step belongs to. `--quick` runs only [`Group::Lint`],
+/// [`Group::Native`] and [`Group::Wasm`] steps that need no browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Formatting and lints.
+    Lint,
+    /// Native tests.
+    Native,
+    /// Builds for wasm32.
+    Wasm,
+    /// The npm package build and everything that drives a browser (skipped by `--quick`).
+    Browser,
+}
+
+/// What a step runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// `cargo` (the one running the xtask) with these arguments.
+    Cargo(&'static [&'static str]),
+    /// Another program with these arguments.
+    Exec(&'static str, &'static [&'static str]),
+    /// `npm ci` in the step's directory, skipped when `node_modules` matches the lock file.
+    NpmCi,
+    /// A place for a command that is not wired in yet: reported as skipped.
+    Slot(&'static str),
+}
+
+/// One step of `cargo xtask test`.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// Printed before and after the step.
+    pub name: &'static str,
+    /// Which part of the run.
+    pub group: Group,
+    /// Run only when this path (relative to the repository root) exists.
+    pub only_if: Option<&'static str>,
+    /// Working directory, relative to the repository root.
+    pub dir: &'static str,
+    /// What to run.
+    pub action: Action,
+}
+
+impl Step {
+    const fn new(
+        name: &'static str,
+        group: Group,
+        only_if: Option<&'static str>,
+        dir: &'static str,
+        action: Action,
+    ) -> Step {
+        Step {
+            name,
+            group,
+            only_if,
+            dir,
+            action,
+        }
+    }
+}
+
+use Action::{Cargo, Exec, NpmCi, Slot};
+use Group::{Browser, Lint, Native, Wasm};
+
+/// Every step, in order. The runner stops at the first failure.
+///
+/// Every step sees these environment variables: `TIDEWIRE_ROOT` (the repository root),
+/// `TIDEWIRE_BIN` (the debug `tidewire` binary, built by the step "tidewire binary"),
+/// `TIDEWIRE_PKG` (`client/pkg`), `TIDEWIRE_CHROMIUM` and `CHROMEDRIVER` (when found).
+pub const STEPS: &[Step] = &[
+    Step::new(
+        "format",
+        Lint,
+        None,
+        ".",
+        Cargo(&["fmt", "--all", "--check"]),
+    ),
+    Step::new(
+        "clippy (workspace)",
+        Lint,
+        None,
+        ".",
+        Cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    ),
+    Step::new(
+        "clippy (client on wasm32)",
+        Lint,
+        Some("client/Cargo.toml"),
+        ".",
+        Cargo(&[
+            "clippy",
+            "-p",
+            "tidewire-client",
+            "--target",
+            WASM_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    ),
+    Step::new(
+        "native tests",
+        Native,
+        None,
+        ".",
+        Cargo(&["test", "--workspace"]),
+    ),
+    Step::new(
+        "TypeScript declarations are current",
+        Native,
+        None,
+        ".",
+        Cargo(&["test", "-p", "tidewire-protocol", "--features", "ts"]),
+    ),
+    Step::new(
+        "protocol crate on wasm32",
+        Wasm,
+        None,
+        ".",
+        Cargo(&["build", "-p", "tidewire-protocol", "--target", WASM_TARGET]),
+    ),
+    Step::new(
+        "npm package (wasm-pack build client)",
+        Browser,
+        Some("client/Cargo.toml"),
+        ".",
+        Exec("wasm-pack", WASM_PACK_BUILD),
+    ),
+    Step::new(
+        "tidewire binary (for the browser tests)",
+        Browser,
+        Some("server/src/main.rs"),
+        ".",
+        Cargo(&["build", "-p", "tidewire-server", "--bin", "tidewire"]),
+    ),
+    // ---- SLOT: the client's browser tests (wasm-bindgen-test in Chromium) through the harness.
+    // Replace `Slot(…)` with the command, e.g. `Cargo(&["run", "-p", "tidewire-harness", "--", …])`.
+    Step::new(
+        "client browser tests (harness)",
+        Browser,
+        Some("tests/harness/Cargo.toml"),
+        ".",
+        Slot("the client's wasm-bindgen tests through tidewire-harness"),
+    ),
+    // ---- SLOT: Playwright tests of the demo page (tests/e2e, node's test runner).
+    Step::new(
+        "npm ci (tests/e2e)",
+        Browser,
+        Some("tests/e2e/package-lock.json"),
+        "tests/e2e",
+        NpmCi,
+    ),
+    Step::new(
+        "Playwright tests (tests/e2e)",
+        Browser,
+        Some("tests/e2e/package.json"),
+        "tests/e2e",
+        Exec("npm", &["test"]),
+    ),
+    // ---- SLOT: the npm package installed into a Vite app (tests/vite-app).
+    Step::new(
+        "npm ci (tests/vite-app)",
+        Browser,
+        Some("tests/vite-app/package-lock.json"),
+        "tests/vite-app",
+        NpmCi,
+    ),
+    Step::new(
+        "Vite package test (tests/vite-app)",
+        Browser,
+        Some("tests/vite-app/package.json"),
+        "tests/vite-app",
+        Exec("npm", &["test"]),
+    ),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names_are_unique_and_browser_steps_come_last() {
+        let mut names = std::collections::HashSet::new();
+        let mut seen_browser = false;
+        for s in STEPS {
+            assert!(names.insert(s.name), "{} twice", s.name);
+            if s.group == Browser {
+                seen_browser = true;
+            } else {
+                assert!(!seen_browser, "{} runs after a browser step", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn the_wasm_pack_build_writes_client_pkg() {
+        let line = WASM_PACK_BUILD.join(" ");
+        assert!(line.starts_with("build client"), "{line}");
+        assert!(line.contains("--out-dir pkg"), "{line}");
+    }
+}
