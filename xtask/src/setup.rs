@@ -8,7 +8,7 @@
 //! | wasm-pack | `wasm-pack --version` says 0.15.1 | `cargo install wasm-pack --version 0.15.1 --locked` |
 //! | wasm-opt | `wasm-opt --version` | `apt-get install -y binaryen` (root only) |
 //! | Chromium + chromedriver | both present, same major version | `apt-get install -y chromium chromium-driver` (root only) |
-//! | Node.js + npm | `node --version` ≥ 18 | `apt-get install -y nodejs npm` (root only) |
+//! | Node.js + npm | `node --version` ≥ 20 | `apt-get install -y nodejs npm` (root only) |
 //!
 //! A prerequisite that cannot be installed (not root, no apt-get) stops with a message naming
 //! what to install.
@@ -23,7 +23,7 @@ pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
 /// The wasm-pack version.
 pub const WASM_PACK_VERSION: &str = "0.15.1";
 /// The oldest Node.js major version the browser tests run on.
-pub const NODE_MIN_MAJOR: u32 = 18;
+pub const NODE_MIN_MAJOR: u32 = 20;
 /// The Rust target of the browser SDK.
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
