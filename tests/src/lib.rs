@@ -1,1 +1,56 @@
-//! End-to-end test support.
+//! # tidewire-tests
+//!
+//! End-to-end tests of the `tidewire` server over real sockets, and the small kit they are
+//! built from (reused by the drills and the multi-node tests):
+//!
+//! - [`Server`]: spawn the binary on port 0 with a temp SQLite file; kill, SIGTERM, restart
+//!   on the same port and file; read its RSS.
+//! - [`Rest`]: typed writes, snapshot, history, presence, long-poll, raw requests.
+//! - [`SseClient`], [`WsClient`], [`PollClient`]: the three live transports.
+//! - [`Delivery`]: lost / duplicated accounting for resume tests.
+//!
+//! ```no_run
+//! # async fn demo() -> tidewire_tests::Result<()> {
+//! use std::time::Duration;
+//! use serde_json::json;
+//! use tidewire_tests::{Server, SseClient, SseRequest, WriteOptions};
+//! let server = Server::start()?;
+//! let mut sse = SseClient::connect(&server.url(), &SseRequest::rooms(&["a"])).await?;
+//! server.rest().put("a", "x", &json!(1), &WriteOptions::key("k")).await?.ok();
+//! let ev = sse.next_durable(Duration::from_secs(5)).await?;
+//! assert_eq!(ev.envelope.seq, Some(1));
+//! # Ok(()) }
+//! ```
+//!
+//! The tests themselves are in `tests/single_node/`; run them with
+//! `cargo build -p tidewire-server --bin tidewire && cargo test -p tidewire-tests`.
+
+mod check;
+mod error;
+mod poll;
+mod rest;
+mod server;
+mod sse;
+mod ws;
+
+pub use check::{Counts, Delivery};
+pub use error::{within, Error, Result};
+pub use poll::PollClient;
+pub use rest::{decode_body, metric_sum, Answer, RawAnswer, Rest, WriteOptions, REQUEST_TIMEOUT};
+pub use server::{binary, Server, ServerBuilder, START_TIMEOUT};
+pub use sse::{SseClient, SseEvent, SseRequest, RAW_KEEP};
+pub use ws::{WsClient, REPLY_TIMEOUT};
+
+/// A seed for a test's random choices: `TIDEWIRE_E2E_SEED` when set, else from the clock.
+/// Tests print it so a failing run can be replayed.
+pub fn seed() -> u64 {
+    std::env::var("TIDEWIRE_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
+}
