@@ -17,7 +17,8 @@ import {
   foldCells, bestCells, normalizeItems,
 } from './board.js';
 
-const PKG = '/pkg/tidewire_client.js';
+const PKG_DIR = '/pkg/';
+const PKG_DEFAULT_ENTRY = 'tidewire_client.js';
 const TRANSPORTS = ['auto', 'sse', 'ws', 'longpoll', 'poll'];
 const TRANSPORT_LABEL = { sse: 'SSE', ws: 'WebSocket', longpoll: 'long-poll', poll: 'poll', auto: 'auto' };
 const LOG_MAX = 50;
@@ -553,11 +554,17 @@ async function main() {
   render();
   renderPresence();
   if (bootNote) bootError(bootNote);
+  let entry = PKG_DEFAULT_ENTRY;
   try {
-    sdk = await import(PKG);
+    // The package's own manifest names its entry module (wasm-pack writes `module`).
+    const manifest = await (await fetch(`${PKG_DIR}package.json`)).json();
+    if (typeof manifest.module === 'string' && /^[\w.-]+\.js$/.test(manifest.module)) entry = manifest.module;
+  } catch { /* fall back to the default name */ }
+  try {
+    sdk = await import(PKG_DIR + entry);
     await sdk.default();
   } catch (e) {
-    bootError(`Could not load the Tidewire package from ${PKG} (${errorText(e)}). Build it with \`wasm-pack build client --target web --out-dir pkg\` and start \`tidewire serve --pkg-dir client/pkg\`.`);
+    bootError(`Could not load the Tidewire package from ${PKG_DIR}${entry} (${errorText(e)}). Build it with \`wasm-pack build client --target web --out-dir pkg\` and start \`tidewire serve --pkg-dir client/pkg\`.`);
     return;
   }
   connect();
