@@ -14,7 +14,7 @@
 
 import {
   DAYS, HOURS, BOARD_RE, cellKey, cellLabel, itemId, parseItemId, isOn, randomId, colorFor,
-  foldCells, bestCells, normalizeItems,
+  foldCells, bestCells, normalizeItems, plain,
 } from './board.js';
 
 const PKG_DIR = '/pkg/';
@@ -189,7 +189,8 @@ function errorText(err) {
 // ---------------------------------------------------------------- rollback
 
 let rollbackTimer = null;
-function onRollback(rb) {
+function onRollback(raw) {
+  const rb = plain(raw);
   const parsed = rb && rb.id ? parseItemId(rb.id) : null;
   const where = parsed ? cellLabel(parsed.cell) : rb?.id || 'an item';
   const err = rb?.error || {};
@@ -256,10 +257,11 @@ function safeColor(c, id) {
   return typeof c === 'string' && /^(#[0-9a-fA-F]{3,8}|hsl\([0-9 .%,]+\))$/.test(c) ? c : colorFor(id || 'x');
 }
 
-function refreshMembers(ev) {
+function refreshMembers(raw) {
+  const ev = plain(raw);
   if (!room) return;
   try {
-    const got = room.members();
+    const got = plain(room.members());
     if (Array.isArray(got)) members = got;
   } catch { /* keep the last list */ }
   if (ev && ev.type === 'presence.leave') dropHover(ev.data?.client_id);
@@ -286,7 +288,8 @@ function sendHover(cell) {
   }, 80);
 }
 
-function onBroadcast(msg) {
+function onBroadcast(raw) {
+  const msg = plain(raw);
   const m = msg?.data && msg.event ? msg : msg?.data?.data ? msg.data : msg;
   const from = m?.from;
   const data = m?.data || {};
@@ -323,7 +326,8 @@ function dropHover(from) {
 
 // ---------------------------------------------------------------- connection badge
 
-function onState(s) {
+function onState(raw) {
+  const s = plain(raw);
   const st = typeof s === 'string' ? { state: s } : (s || {});
   const state = st.state || 'connecting';
   const transport = st.transport || safeCall(() => client.transport()) || '';
@@ -400,7 +404,8 @@ function log(kind, type, seq, detail) {
   while (ol.children.length > LOG_MAX) ol.lastElementChild.remove();
 }
 
-function logEnvelope(ev) {
+function logEnvelope(raw) {
+  const ev = plain(raw);
   if (!ev || typeof ev !== 'object') return;
   const type = ev.type || 'event';
   const data = ev.data || {};
@@ -457,7 +462,8 @@ function connect() {
   client = new sdk.Client({ url: location.origin, transport: transportChoice, clientId: me });
   client.onState(live(onState));
   room = client.room(roomName);
-  room.subscribe(live((update) => {
+  room.subscribe(live((raw) => {
+    const update = raw instanceof Map ? plain(raw) : raw;
     if (update?.items) setItems(update.items);
     else refreshItems();
     if (update?.seq != null) setSeq(update.seq);

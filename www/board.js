@@ -126,11 +126,32 @@ function compareCells(a, b) {
   return ad - bd || ah - bh;
 }
 
-/** Turns whatever collection the SDK hands over into an array of `{id, ...item}`. */
+/**
+ * Deep-copies a value the SDK handed over into plain JSON-like data: `Map`s become objects
+ * (serde-wasm-bindgen turns JSON objects into `Map`s unless told otherwise), `BigInt`s numbers.
+ */
+export function plain(v, depth = 0) {
+  if (depth > 32) return null;
+  if (v instanceof Map) {
+    const o = {};
+    for (const [k, x] of v) o[String(k)] = plain(x, depth + 1);
+    return o;
+  }
+  if (Array.isArray(v)) return v.map((x) => plain(x, depth + 1));
+  if (typeof v === 'bigint') return Number(v);
+  if (v && typeof v === 'object') {
+    const o = {};
+    for (const k of Object.keys(v)) o[k] = plain(v[k], depth + 1);
+    return o;
+  }
+  return v;
+}
+
+/** Turns whatever collection the SDK hands over into an array of plain `{id, ...item}`. */
 export function normalizeItems(items) {
-  if (!items) return [];
-  if (Array.isArray(items)) return items;
-  if (items instanceof Map) return [...items].map(([id, it]) => ({ id, ...it }));
-  if (typeof items === 'object') return Object.entries(items).map(([id, it]) => ({ id, ...it }));
+  const p = plain(items);
+  if (!p) return [];
+  if (Array.isArray(p)) return p.filter((it) => it && typeof it.id === 'string');
+  if (typeof p === 'object') return Object.entries(p).map(([id, it]) => ({ id, ...it }));
   return [];
 }
