@@ -40,9 +40,12 @@ pub struct Envelope<A = RawAppEvent> {
     pub event: Event<A>,
 }
 
-/// The envelope as it arrives, before its meaning is checked.
+/// The envelope as it arrives, before its meaning is checked. Only a JSON object (a map) is
+/// accepted: serde's derived impl alone would also take a positional array.
+struct WireEnvelope(WireFields);
+
 #[derive(Deserialize)]
-struct WireEnvelope {
+struct WireFields {
     v: Option<Value>,
     #[serde(rename = "type")]
     ty: Option<String>,
@@ -52,6 +55,26 @@ struct WireEnvelope {
     ts: Option<String>,
     key: Option<String>,
     data: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for WireEnvelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = WireEnvelope;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an envelope object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<WireEnvelope, M::Error> {
+                WireFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(WireEnvelope)
+            }
+        }
+        d.deserialize_map(ObjectOnly)
+    }
 }
 
 impl<A: AppEvent> Envelope<A> {
@@ -101,7 +124,7 @@ impl<A: AppEvent> Envelope<A> {
         Self::from_wire(wire)
     }
 
-    fn from_wire(w: WireEnvelope) -> Result<Self, ProtocolError> {
+    fn from_wire(WireEnvelope(w): WireEnvelope) -> Result<Self, ProtocolError> {
         match w.v {
             None => return Err(ProtocolError::MissingField("v")),
             Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL_VERSION) => {}
@@ -109,8 +132,12 @@ impl<A: AppEvent> Envelope<A> {
         }
         let ty = w.ty.ok_or(ProtocolError::MissingField("type"))?;
         let event = Event::from_parts(&ty, w.data.unwrap_or(Value::Null))?;
-        let room = w.room.unwrap_or_default();
         let connection_wide = matches!(event, Event::Reconnect(_) | Event::Error(_));
+        let room = match w.room {
+            Some(room) => room,
+            None if connection_wide => String::new(),
+            None => return Err(ProtocolError::MissingField("room")),
+        };
         if !(connection_wide && room.is_empty()) {
             validate_room(&room)?;
         }
