@@ -25,9 +25,24 @@
 //! ```
 
 pub mod backoff;
+#[cfg(target_arch = "wasm32")]
+mod client;
 mod error;
+#[cfg(target_arch = "wasm32")]
+pub mod http;
+#[cfg(target_arch = "wasm32")]
+pub mod js;
+pub mod listeners;
 pub mod room;
 pub mod state;
+#[cfg(target_arch = "wasm32")]
+mod transport;
 
+#[cfg(target_arch = "wasm32")]
+pub use client::{
+    BroadcastMessage, Cause, Client, ErrorInfo, LocalCause, Options, PresenceUpdate, Rollback,
+    Room, RoomUpdate, StateChange,
+};
 pub use error::Error;
+pub use listeners::{ListenerStream, Subscription};
 pub use tidewire_protocol as protocol;

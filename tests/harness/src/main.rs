@@ -1,1 +1,347 @@
-fn main() {}
+//! `tidewire-harness`: runs the `tidewire` server for browser tests and lets the tests control
+//! it over HTTP.
+//!
+//! ```text
+//! tidewire-harness [--port 18080] [--ctl-port 18081] [--proxy-port 18082]
+//!                  [--server-arg ARG]... [-- COMMAND ARGS...]
+//! ```
+//!
+//! - The server (`$TIDEWIRE_BIN`, else `tidewire` next to this binary) listens on `--port` with
+//!   a database in a fresh temporary directory.
+//! - A control API with open CORS listens on `--ctl-port`: `POST /restart` (kill the server and
+//!   start it again on the same port and database; `?graceful=1` sends SIGTERM first),
+//!   `POST /stop`, `POST /start`, `POST /sse-stall?on=1|0`, `GET /health`.
+//! - A reverse proxy listens on `--proxy-port` in front of the server. While SSE stalling is
+//!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would.
+//! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`,
+//!   `TIDEWIRE_CTL_URL` and `TIDEWIRE_PROXY_URL` set, stops everything when it ends, and exits
+//!   with its exit code. Without one it runs until interrupted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::TryStreamExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+
+struct Args {
+    port: u16,
+    ctl_port: u16,
+    proxy_port: u16,
+    server_args: Vec<String>,
+    command: Vec<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        port: 18080,
+        ctl_port: 18081,
+        proxy_port: 18082,
+        server_args: Vec::new(),
+        command: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--port" => args.port = value("--port")?.parse()?,
+            "--ctl-port" => args.ctl_port = value("--ctl-port")?.parse()?,
+            "--proxy-port" => args.proxy_port = value("--proxy-port")?.parse()?,
+            "--server-arg" => args.server_args.push(value("--server-arg")?),
+            "--" => {
+                args.command = it.collect();
+                break;
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: tidewire-harness [--port 18080] [--ctl-port 18081] [--proxy-port 18082] [--server-arg ARG]... [-- COMMAND...]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (see --help)"),
+        }
+    }
+    Ok(args)
+}
+
+fn server_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TIDEWIRE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let next_to_me = me.with_file_name("tidewire");
+    if next_to_me.exists() {
+        return Ok(next_to_me);
+    }
+    bail!(
+        "no tidewire binary: set TIDEWIRE_BIN or build it next to the harness (cargo build -p tidewire-server --bin tidewire)"
+    )
+}
+
+/// The server process and how to start it again.
+struct Server {
+    bin: PathBuf,
+    port: u16,
+    db: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    async fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--database")
+            .arg(&self.db)
+            .args([
+                "--write-rate",
+                "2000",
+                "--write-burst",
+                "5000",
+                "--drain-window-ms",
+                "300",
+                "--presence-grace-ms",
+                "500",
+                "--heartbeat-secs",
+                "2",
+            ])
+            .args(&self.extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                println!("[tidewire] {line}");
+                if line.contains("listening on") {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        match ready {
+            Ok(Ok(true)) => {}
+            _ => {
+                let _ = child.kill().await;
+                bail!("the server did not say it was listening within 30 s");
+            }
+        }
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[tidewire] {line}");
+            }
+        });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn stop(&mut self, graceful: bool) {
+        if let Some(mut child) = self.child.take() {
+            if graceful {
+                if let Some(pid) = child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .arg("-TERM")
+                        .arg(pid.to_string())
+                        .status();
+                    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                        .await
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+            }
+            let _ = child.kill().await;
+        }
+    }
+}
+
+struct Ctl {
+    server: Mutex<Server>,
+    stall_sse: AtomicBool,
+    upstream: String,
+    http: reqwest::Client,
+}
+
+type Shared = Arc<Ctl>;
+
+#[derive(serde::Deserialize, Default)]
+struct Flags {
+    on: Option<String>,
+    graceful: Option<String>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("1") | Some("true") | Some("on"))
+}
+
+async fn restart(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Response {
+    let mut s = ctl.server.lock().await;
+    s.stop(truthy(&f.graceful)).await;
+    match s.start().await {
+        Ok(()) => "restarted".into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn stop(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Response {
+    ctl.server.lock().await.stop(truthy(&f.graceful)).await;
+    "stopped".into_response()
+}
+
+async fn start(State(ctl): State<Shared>) -> Response {
+    match ctl.server.lock().await.start().await {
+        Ok(()) => "started".into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn sse_stall(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Response {
+    let on = f.on.is_none() || truthy(&f.on);
+    ctl.stall_sse.store(on, Ordering::SeqCst);
+    (if on { "sse stalled" } else { "sse flowing" }).into_response()
+}
+
+/// The reverse proxy in front of the server.
+async fn proxy(State(ctl): State<Shared>, req: Request) -> Response {
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    if req.uri().path() == "/v1/sse" && ctl.stall_sse.load(Ordering::SeqCst) {
+        // A buffering proxy: hold the response without a byte (bounded).
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    }
+    let method = req.method().clone();
+    let mut headers = HeaderMap::new();
+    for (k, v) in req.headers() {
+        if k != "host" && k != "connection" {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    let body = match axum::body::to_bytes(req.into_body(), 2 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    let upstream = ctl
+        .http
+        .request(method, format!("{}{}", ctl.upstream, path_q))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    match upstream {
+        Ok(resp) => {
+            let mut out = Response::builder().status(resp.status());
+            for (k, v) in resp.headers() {
+                if k != "connection" && k != "transfer-encoding" && k != "content-length" {
+                    out = out.header(k, v);
+                }
+            }
+            let stream = resp.bytes_stream().map_err(std::io::Error::other);
+            out.body(Body::from_stream(stream))
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn serve(addr: SocketAddr, app: Router) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}/t.db", dir.path().display());
+    let mut server = Server {
+        bin: server_binary()?,
+        port: args.port,
+        db,
+        extra: args.server_args.clone(),
+        child: None,
+    };
+    server.start().await?;
+    let upstream = format!("http://127.0.0.1:{}", args.port);
+    let ctl: Shared = Arc::new(Ctl {
+        server: Mutex::new(server),
+        stall_sse: AtomicBool::new(false),
+        upstream: upstream.clone(),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .context("http client")?,
+    });
+    let cors = tower_http::cors::CorsLayer::very_permissive();
+    let control = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/restart", post(restart))
+        .route("/stop", post(stop))
+        .route("/start", post(start))
+        .route("/sse-stall", post(sse_stall))
+        .layer(cors)
+        .with_state(ctl.clone());
+    serve(SocketAddr::from(([127, 0, 0, 1], args.ctl_port)), control).await?;
+    let proxy_app = Router::new().fallback(proxy).with_state(ctl.clone());
+    serve(
+        SocketAddr::from(([127, 0, 0, 1], args.proxy_port)),
+        proxy_app,
+    )
+    .await?;
+    let ctl_url = format!("http://127.0.0.1:{}", args.ctl_port);
+    let proxy_url = format!("http://127.0.0.1:{}", args.proxy_port);
+    println!("harness: server {upstream}, control {ctl_url}, proxy {proxy_url}");
+
+    let code = if args.command.is_empty() {
+        tokio::signal::ctrl_c().await?;
+        0
+    } else {
+        let mut cmd = Command::new(&args.command[0]);
+        cmd.args(&args.command[1..])
+            .env("TIDEWIRE_TEST_URL", &upstream)
+            .env("TIDEWIRE_CTL_URL", &ctl_url)
+            .env("TIDEWIRE_PROXY_URL", &proxy_url)
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {:?}", args.command))?;
+        tokio::select! {
+            status = child.wait() => status?.code().unwrap_or(1),
+            _ = tokio::signal::ctrl_c() => { let _ = child.kill().await; 130 }
+        }
+    };
+    ctl.server.lock().await.stop(false).await;
+    drop(dir);
+    std::process::exit(code);
+}

@@ -1,0 +1,444 @@
+//! The JavaScript API (`#[wasm_bindgen]`): thin wrappers over [`crate::Client`] and
+//! [`crate::Room`]. Values cross as plain objects; errors become JavaScript `Error`s with a
+//! `code` property (and `status` / `current` for server refusals).
+//!
+//! ```js
+//! import init, { Client } from 'tidewire';
+//! await init();
+//! const client = new Client({ url: 'http://127.0.0.1:8080' });
+//! const room = client.room('board-1');
+//! room.subscribe(({ items, seq, event }) => console.log(seq, items, event));
+//! await room.put('slot-3', { free: false });
+//! ```
+
+use js_sys::{Function, Reflect};
+use serde::Deserialize;
+use serde_json::Value;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::backoff::BackoffConfig;
+use crate::http::{from_js, to_js};
+use crate::listeners::Subscription as RustSubscription;
+use crate::state::TransportKind;
+use crate::{client, Error};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** Transport names; `auto` (the default) picks SSE, WebSocket for presence/broadcast, and falls back to long-poll then polling. */
+export type TransportName = 'auto' | 'sse' | 'ws' | 'longpoll' | 'poll';
+
+/** Options of `new Client(options)`. Times are in milliseconds unless named otherwise. */
+export interface ClientOptions {
+  /** The server's base URL, e.g. `http://127.0.0.1:8080`. */
+  url: string;
+  transport?: TransportName;
+  /** Reconnection backoff: full jitter over `min(capMs, baseMs * 2^attempt)`, reset after `stableMs` connected. */
+  backoff?: { baseMs?: number; capMs?: number; stableMs?: number };
+  /** SSE / WebSocket must open within this time or count as stalled (default 5000). */
+  openTimeoutMs?: number;
+  /** How long a fallback transport runs before trying the preferred one again (default 30000). */
+  climbMs?: number;
+  /** How long an out-of-order event waits for its gap before the snapshot is re-fetched (default 1000). */
+  reorderMs?: number;
+  /** Snapshot polling interval of the last-resort transport (default 3000). */
+  pollIntervalMs?: number;
+  /** Long-poll wait in seconds (default 25). */
+  longPollWaitSecs?: number;
+  /** Retries of a write on network failure, with the same idempotency key (default 8). */
+  writeRetries?: number;
+  /** Stable client id for presence (random by default). */
+  clientId?: string;
+  /** Random source in [0, 1) for jitter (default Math.random). */
+  random?: () => number;
+}
+
+export type StateName = 'connecting' | 'open' | 'reconnecting' | 'degraded' | 'offline' | 'closed';
+
+/** A connection state change. `attempt` and `delayMs` are set for `reconnecting`. */
+export interface ConnectionState {
+  state: StateName;
+  attempt?: number;
+  delayMs?: number;
+  transport: 'sse' | 'ws' | 'longpoll' | 'poll' | null;
+}
+
+/** An item as the application sees it; `pending` while an optimistic write is unconfirmed. */
+export interface RoomItem { id: string; value: any; version: number; pending: boolean }
+
+/** A server event envelope (see `types/protocol.d.ts` for the typed payloads). */
+export interface TidewireEvent {
+  v: 1; type: string; room: string; seq?: number; id: string; ts: string; key: string | null; data: any;
+}
+
+/** What caused a room update: a server event, or a local change. */
+export type RoomUpdateCause =
+  | TidewireEvent
+  | { type: 'snapshot'; room: string; seq: number }
+  | { type: 'pending'; room: string; id: string; key: string }
+  | { type: 'rollback'; room: string; id: string; key: string };
+
+export interface RoomUpdate { items: RoomItem[]; seq: number; event: RoomUpdateCause }
+
+/** An optimistic write the server refused; `value` is the server's current value (null if absent). */
+export interface RollbackInfo {
+  id: string; value: any; version: number | null; error: { code: string; message: string };
+}
+
+export interface PresenceMember { client_id: string; user?: string; meta: any }
+export interface PresenceUpdate { type: 'join' | 'leave' | 'state'; member: PresenceMember | null; members: PresenceMember[] }
+export interface BroadcastMessage { event: string; data: any; from: string | null }
+
+/** Options of a write; `ifMatch` overrides the version the client knows (0: only if absent). */
+export interface WriteOptions { ifMatch?: number }
+
+/** Errors thrown or rejected by this package. */
+export interface TidewireError extends Error {
+  /** A protocol error code (`version_conflict`, `bad_room_name`, …), `network` or `closed`. */
+  code: string;
+  status?: number;
+  current?: { id: string; value: any; version: number };
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "ClientOptions")]
+    pub type ClientOptionsArg;
+    #[wasm_bindgen(typescript_type = "ConnectionState")]
+    pub type ConnectionStateValue;
+    #[wasm_bindgen(typescript_type = "(state: ConnectionState) => void")]
+    pub type StateCallback;
+    #[wasm_bindgen(typescript_type = "(update: RoomUpdate) => void")]
+    pub type UpdateCallback;
+    #[wasm_bindgen(typescript_type = "(rollback: RollbackInfo) => void")]
+    pub type RollbackCallback;
+    #[wasm_bindgen(typescript_type = "(update: PresenceUpdate) => void")]
+    pub type PresenceCallback;
+    #[wasm_bindgen(typescript_type = "(message: BroadcastMessage) => void")]
+    pub type BroadcastCallback;
+    #[wasm_bindgen(typescript_type = "RoomItem[]")]
+    pub type RoomItems;
+    #[wasm_bindgen(typescript_type = "PresenceMember[]")]
+    pub type Members;
+    #[wasm_bindgen(typescript_type = "WriteOptions | undefined")]
+    pub type WriteOptionsArg;
+    #[wasm_bindgen(typescript_type = "Promise<TidewireEvent>")]
+    pub type EventPromise;
+}
+
+/// Converts an error into a JavaScript `Error` with `code` (and `status`, `current`).
+pub fn to_js_error(err: &Error) -> JsValue {
+    let e = js_sys::Error::new(&err.to_string());
+    let _ = Reflect::set(&e, &"code".into(), &err.code().into());
+    if let Error::Server {
+        status, current, ..
+    } = err
+    {
+        let _ = Reflect::set(&e, &"status".into(), &(*status).into());
+        if let Some(item) = current {
+            let _ = Reflect::set(&e, &"current".into(), &to_js(item));
+        }
+    }
+    e.into()
+}
+
+fn callback(f: JsValue) -> Result<Function, JsValue> {
+    f.dyn_into::<Function>().map_err(|_| {
+        to_js_error(&Error::BadOption {
+            name: "callback",
+            reason: "must be a function".into(),
+        })
+    })
+}
+
+fn call<T: serde::Serialize>(f: &Function, value: &T) {
+    if let Err(e) = f.call1(&JsValue::NULL, &to_js(value)) {
+        web_sys::console::error_2(&"tidewire: a listener threw".into(), &e);
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct BackoffOptions {
+    base_ms: Option<u64>,
+    cap_ms: Option<u64>,
+    stable_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsOptions {
+    url: String,
+    transport: Option<String>,
+    backoff: Option<BackoffOptions>,
+    open_timeout_ms: Option<u64>,
+    climb_ms: Option<u64>,
+    reorder_ms: Option<u64>,
+    poll_interval_ms: Option<u64>,
+    long_poll_wait_secs: Option<u32>,
+    write_retries: Option<u32>,
+    client_id: Option<String>,
+}
+
+/// A listener registration; `unsubscribe()` removes it (`close()` removes them all).
+#[wasm_bindgen]
+pub struct Subscription(Option<RustSubscription>);
+
+#[wasm_bindgen]
+impl Subscription {
+    /// Removes the listener.
+    pub fn unsubscribe(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.unsubscribe();
+        }
+    }
+}
+
+impl Subscription {
+    fn new(s: RustSubscription) -> Subscription {
+        Subscription(Some(s))
+    }
+}
+
+/// A Tidewire client: one live connection carrying all its rooms.
+#[wasm_bindgen(js_name = Client)]
+pub struct JsClient(client::Client);
+
+#[wasm_bindgen(js_class = Client)]
+impl JsClient {
+    /// `new Client({ url, transport?, … })`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: ClientOptionsArg) -> Result<JsClient, JsValue> {
+        let raw: JsValue = options.into();
+        let parsed: JsOptions = from_js(raw.clone()).map_err(|e| {
+            to_js_error(&Error::BadOption {
+                name: "options",
+                reason: format!("{e}; expected {{ url: string, … }}"),
+            })
+        })?;
+        let mut o = client::Options::new(parsed.url);
+        o.transport = match parsed.transport.as_deref() {
+            None | Some("auto") => None,
+            Some(name) => Some(TransportKind::parse(name).ok_or_else(|| {
+                to_js_error(&Error::BadOption {
+                    name: "transport",
+                    reason: format!("`{name}` is not auto, sse, ws, longpoll or poll"),
+                })
+            })?),
+        };
+        let d = BackoffConfig::default();
+        let b = parsed.backoff.unwrap_or_default();
+        o.backoff = BackoffConfig {
+            base_ms: b.base_ms.unwrap_or(d.base_ms),
+            cap_ms: b.cap_ms.unwrap_or(d.cap_ms),
+            stable_ms: b.stable_ms.unwrap_or(d.stable_ms),
+        };
+        if let Some(v) = parsed.open_timeout_ms {
+            o.open_timeout_ms = v;
+        }
+        if let Some(v) = parsed.climb_ms {
+            o.climb_ms = v;
+        }
+        if let Some(v) = parsed.reorder_ms {
+            o.reorder_ms = v;
+        }
+        if let Some(v) = parsed.poll_interval_ms {
+            o.poll_interval_ms = v;
+        }
+        if let Some(v) = parsed.long_poll_wait_secs {
+            o.long_poll_wait_secs = v;
+        }
+        if let Some(v) = parsed.write_retries {
+            o.write_retries = v;
+        }
+        o.client_id = parsed.client_id;
+        if let Ok(f) = Reflect::get(&raw, &"random".into()).and_then(|f| f.dyn_into::<Function>()) {
+            o.random = Some(Box::new(move || {
+                f.call0(&JsValue::NULL)
+                    .ok()
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0)
+            }));
+        }
+        client::Client::new(o)
+            .map(JsClient)
+            .map_err(|e| to_js_error(&e))
+    }
+
+    /// Calls `cb({state, attempt?, delayMs?, transport})` on every state change.
+    #[wasm_bindgen(js_name = onState)]
+    pub fn on_state(&self, cb: StateCallback) -> Result<Subscription, JsValue> {
+        let f = callback(cb.into())?;
+        Ok(Subscription::new(self.0.on_state(move |s| call(&f, s))))
+    }
+
+    /// The current state object.
+    pub fn state(&self) -> ConnectionStateValue {
+        to_js(&client::StateChange {
+            state: self.0.state(),
+            transport: self.0.transport(),
+        })
+        .unchecked_into()
+    }
+
+    /// The room `name` (the same room object state for the same name).
+    pub fn room(&self, name: &str) -> Result<Room, JsValue> {
+        self.0.room(name).map(Room).map_err(|e| to_js_error(&e))
+    }
+
+    /// The transport in use: `sse`, `ws`, `longpoll`, `poll`, or undefined before the first.
+    pub fn transport(&self) -> Option<String> {
+        self.0.transport().map(|t| t.as_str().to_owned())
+    }
+
+    /// The last applied seq of a room, or undefined.
+    pub fn seq(&self, room: &str) -> Option<f64> {
+        self.0.seq(room).map(|s| s as f64)
+    }
+
+    /// This client's id.
+    #[wasm_bindgen(getter, js_name = clientId)]
+    pub fn client_id(&self) -> String {
+        self.0.client_id().to_owned()
+    }
+
+    /// Cuts the live connection; the client recovers by itself.
+    #[wasm_bindgen(js_name = dropConnection)]
+    pub fn drop_connection(&self) {
+        self.0.drop_connection()
+    }
+
+    /// Closes the connection and removes every listener.
+    pub fn close(&self) {
+        self.0.close()
+    }
+}
+
+/// A room on a client's connection.
+#[wasm_bindgen]
+pub struct Room(client::Room);
+
+fn write_if_match(opts: WriteOptionsArg) -> Option<u64> {
+    let v: JsValue = opts.into();
+    if v.is_undefined() || v.is_null() {
+        return None;
+    }
+    Reflect::get(&v, &"ifMatch".into())
+        .ok()
+        .and_then(|m| m.as_f64())
+        .filter(|m| *m >= 0.0)
+        .map(|m| m as u64)
+}
+
+fn promise(
+    fut: impl std::future::Future<Output = Result<JsValue, Error>> + 'static,
+) -> EventPromise {
+    wasm_bindgen_futures::future_to_promise(async move { fut.await.map_err(|e| to_js_error(&e)) })
+        .unchecked_into()
+}
+
+#[wasm_bindgen]
+impl Room {
+    /// The room's name.
+    #[wasm_bindgen(getter)]
+    pub fn name(&self) -> String {
+        self.0.name().to_owned()
+    }
+
+    /// The items (pending ones with `pending: true`), sorted by id.
+    pub fn items(&self) -> RoomItems {
+        to_js(&self.0.items()).unchecked_into()
+    }
+
+    /// The last applied seq.
+    pub fn seq(&self) -> f64 {
+        self.0.seq() as f64
+    }
+
+    /// Calls `cb({items, seq, event})` on every change.
+    pub fn subscribe(&self, cb: UpdateCallback) -> Result<Subscription, JsValue> {
+        let f = callback(cb.into())?;
+        Ok(Subscription::new(self.0.subscribe(move |u| call(&f, u))))
+    }
+
+    /// Optimistic put: resolves with the server's event, rejects (and rolls back) on refusal.
+    pub fn put(&self, id: String, value: JsValue, options: WriteOptionsArg) -> EventPromise {
+        let room = self.0.clone();
+        let if_match = write_if_match(options);
+        promise(async move {
+            let value: Value = from_js(value)?;
+            let env = room.put_if(&id, value, if_match).await?;
+            Ok(to_js(&env))
+        })
+    }
+
+    /// Optimistic delete.
+    pub fn delete(&self, id: String, options: WriteOptionsArg) -> EventPromise {
+        let room = self.0.clone();
+        let if_match = write_if_match(options);
+        promise(async move {
+            let env = room.delete_if(&id, if_match).await?;
+            Ok(to_js(&env))
+        })
+    }
+
+    /// Appends an application event `{type, data}` to the room's log.
+    pub fn publish(&self, event_type: String, data: JsValue) -> EventPromise {
+        let room = self.0.clone();
+        promise(async move {
+            let data: Value = if data.is_undefined() {
+                Value::Null
+            } else {
+                from_js(data)?
+            };
+            Ok(to_js(&room.publish(&event_type, data).await?))
+        })
+    }
+
+    /// Calls `cb({id, value, version, error: {code, message}})` when a write is rolled back.
+    #[wasm_bindgen(js_name = onRollback)]
+    pub fn on_rollback(&self, cb: RollbackCallback) -> Result<Subscription, JsValue> {
+        let f = callback(cb.into())?;
+        Ok(Subscription::new(self.0.on_rollback(move |r| call(&f, r))))
+    }
+
+    /// Joins the room's presence set with `meta`.
+    pub fn join(&self, meta: JsValue) -> Result<(), JsValue> {
+        let meta: Value = if meta.is_undefined() {
+            Value::Null
+        } else {
+            from_js(meta).map_err(|e| to_js_error(&e))?
+        };
+        self.0.join(meta).map_err(|e| to_js_error(&e))
+    }
+
+    /// Present members.
+    pub fn members(&self) -> Members {
+        to_js(&self.0.members()).unchecked_into()
+    }
+
+    /// Calls `cb({type, member, members})` on presence changes.
+    #[wasm_bindgen(js_name = onPresence)]
+    pub fn on_presence(&self, cb: PresenceCallback) -> Result<Subscription, JsValue> {
+        let f = callback(cb.into())?;
+        Ok(Subscription::new(self.0.on_presence(move |p| call(&f, p))))
+    }
+
+    /// Sends an ephemeral message to the others in the room.
+    pub fn broadcast(&self, event: &str, data: JsValue) -> Result<(), JsValue> {
+        let data: Value = if data.is_undefined() {
+            Value::Null
+        } else {
+            from_js(data).map_err(|e| to_js_error(&e))?
+        };
+        self.0.broadcast(event, data).map_err(|e| to_js_error(&e))
+    }
+
+    /// Calls `cb({event, data, from})` on broadcasts from others.
+    #[wasm_bindgen(js_name = onBroadcast)]
+    pub fn on_broadcast(&self, cb: BroadcastCallback) -> Result<Subscription, JsValue> {
+        let f = callback(cb.into())?;
+        Ok(Subscription::new(self.0.on_broadcast(move |b| call(&f, b))))
+    }
+}

@@ -1,0 +1,60 @@
+//! SSE through the browser's `EventSource`. The browser's own reconnection is not used: on the
+//! first error the source is closed and the supervisor reconnects with the exact cursor.
+//!
+//! ```ignore
+//! let t = SseTransport::open(&url, sink)?; // reports Opened, Envelope…, Closed
+//! ```
+
+use gloo_events::EventListener;
+use wasm_bindgen::JsCast;
+use web_sys::{EventSource, MessageEvent};
+
+use super::{Sink, TransportMsg};
+use crate::http::{envelope_from_js, parse_json};
+use crate::Error;
+
+/// An open `EventSource` and its three listeners.
+pub(crate) struct SseTransport {
+    source: EventSource,
+    _listeners: [EventListener; 3],
+}
+
+impl SseTransport {
+    /// Opens `url` (a full `/v1/sse?…` URL).
+    pub(crate) fn open(url: &str, sink: Sink) -> Result<SseTransport, Error> {
+        let source = EventSource::new(url)
+            .map_err(|_| Error::Network(format!("cannot open an EventSource on {url}")))?;
+        let s = sink.clone();
+        let open = EventListener::new(&source, "open", move |_| s(TransportMsg::Opened));
+        let s = sink.clone();
+        let message = EventListener::new(&source, "message", move |e| {
+            let Some(e) = e.dyn_ref::<MessageEvent>() else {
+                return;
+            };
+            let Some(text) = e.data().as_string() else {
+                return;
+            };
+            match parse_json(&text).and_then(envelope_from_js) {
+                Ok(env) => s(TransportMsg::Envelope(env)),
+                Err(err) => s(TransportMsg::Bad(err.to_string())),
+            }
+        });
+        let s = sink;
+        let error = EventListener::new(&source, "error", move |_| {
+            s(TransportMsg::Closed {
+                reason: "the event stream failed".to_owned(),
+                code: None,
+            })
+        });
+        Ok(SseTransport {
+            source,
+            _listeners: [open, message, error],
+        })
+    }
+}
+
+impl Drop for SseTransport {
+    fn drop(&mut self) {
+        self.source.close();
+    }
+}
