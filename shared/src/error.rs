@@ -285,7 +285,7 @@ pub struct Problem {
     /// What went wrong with this request.
     pub detail: String,
     /// The stable error code.
-    #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[cfg_attr(feature = "ts", ts(type = "ErrorCode"))]
     pub code: ErrorCode,
     /// For `version_conflict`: the item as the server has it now (absent when it does not exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -144,7 +144,7 @@ pub struct ReconnectData {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct ErrorData {
     /// The stable code.
-    #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[cfg_attr(feature = "ts", ts(type = "ErrorCode"))]
     pub code: ErrorCode,
     /// A human-readable message.
     pub message: String,

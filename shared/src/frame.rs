@@ -275,7 +275,7 @@ impl ClientFrame {
 #[cfg_attr(feature = "ts", derive(ts_rs::TS))]
 pub struct AckError {
     /// The stable code.
-    #[cfg_attr(feature = "ts", ts(type = "string"))]
+    #[cfg_attr(feature = "ts", ts(type = "ErrorCode"))]
     pub code: ErrorCode,
     /// A human-readable message.
     pub title: String,

@@ -179,6 +179,13 @@ pub const STEPS: &[Step] = &[
         NpmCi,
     ),
     Step::new(
+        "TypeScript declarations type-check (tsc)",
+        Browser,
+        Some("tests/e2e/types/protocol.check.ts"),
+        "tests/e2e",
+        Exec("npm", &["run", "typecheck"]),
+    ),
+    Step::new(
         "Playwright tests (tests/e2e)",
         Browser,
         Some("tests/e2e/package.json"),
