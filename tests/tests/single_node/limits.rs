@@ -1,0 +1,89 @@
+//! Limits: connections per client and write rate.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::json;
+use tidewire_protocol::ErrorCode;
+use tidewire_tests::{Error, Server, SseClient, SseRequest, WriteOptions};
+
+use crate::start;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fourth_connection_of_a_client_is_429() {
+    let server = start(Server::builder().flag("max-connections-per-client", 3));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            SseClient::connect(&server.url(), &SseRequest::rooms(&["a"]))
+                .await
+                .expect("within the limit"),
+        );
+    }
+    match SseClient::connect(&server.url(), &SseRequest::rooms(&["a"])).await {
+        Err(Error::Problem(p)) => {
+            assert_eq!(p.status, 429);
+            assert_eq!(p.code, ErrorCode::TooManyConnections);
+        }
+        other => panic!("expected 429 too_many_connections, got {other:?}"),
+    }
+    // A closed connection frees its slot.
+    open.pop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match SseClient::connect(&server.url(), &SseRequest::rooms(&["a"])).await {
+            Ok(sse) => {
+                open.push(sse);
+                break;
+            }
+            Err(Error::Problem(p)) if p.code == ErrorCode::TooManyConnections => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // REST calls are not long-lived connections and are not refused.
+    server.rest().snapshot("a").await.expect("snapshot").ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_burst_over_the_rate_is_429_with_retry_after() {
+    let server = start(
+        Server::builder()
+            .flag("write-rate", 5)
+            .flag("write-burst", 5),
+    );
+    let rest = server.rest();
+    let answers = join_all((0..20).map(|i| {
+        let rest = rest.clone();
+        async move {
+            rest.put("r", &format!("x{i}"), &json!(i), &WriteOptions::default())
+                .await
+                .expect("request completes")
+        }
+    }))
+    .await;
+    let ok = answers.iter().filter(|a| a.status == 200).count();
+    let limited: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    println!("burst of 20: {ok} accepted, {} rate limited", limited.len());
+    assert_eq!(ok + limited.len(), 20, "only 200 or 429");
+    assert!(
+        (5..=8).contains(&ok),
+        "a burst of 5 (+ refill) is accepted, got {ok}"
+    );
+    for a in &limited {
+        assert_eq!(a.problem().code, ErrorCode::RateLimited);
+        let retry_after: u64 = a
+            .header("retry-after")
+            .expect("Retry-After on 429")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    }
+    let history = rest.history_all("r", 0).await.expect("history");
+    assert_eq!(history.len(), ok, "refused writes append nothing");
+}

@@ -1,0 +1,260 @@
+//! WebSocket specifics: acks carry the envelope, broadcast skips the sender, presence joins
+//! and leaves after the grace period.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tidewire_protocol::{ClientFrame, ErrorCode, Event, ServerFrame};
+use tidewire_tests::{Error, Server, SseClient, SseRequest, WriteOptions, WsClient};
+
+use crate::{start, T};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_carry_the_envelope_and_others_see_the_event() {
+    let server = start(Server::builder());
+    let rest = server.rest();
+    let mut writer = WsClient::connect(&server.ws_url(), Some("writer"))
+        .await
+        .expect("ws");
+    let mut reader = WsClient::connect(&server.ws_url(), Some("reader"))
+        .await
+        .expect("ws");
+    let cursor = reader
+        .subscribe(&["a"], None, false)
+        .await
+        .expect("subscribe");
+    assert_eq!(cursor, "a=0", "an empty room starts at 0");
+
+    let put = writer
+        .put("a", "x", json!({"n": 1}), Some("k-1"), None)
+        .await
+        .expect("ack")
+        .expect("ok");
+    assert_eq!(
+        (put.room.as_str(), put.seq, put.key.as_deref()),
+        ("a", Some(1), Some("k-1"))
+    );
+    assert!(
+        matches!(&put.event, Event::ItemPut(i) if i.id == "x" && i.version == 1 && i.value == json!({"n": 1}))
+    );
+    let seen = reader.next_durable(T).await.expect("event");
+    assert_eq!(seen, put, "subscribers get the acknowledged envelope");
+    let history = rest.history("a", 0, None).await.expect("history").ok();
+    assert_eq!(history, vec![put.clone()]);
+
+    // A retry over WS with the same key answers the same envelope.
+    let again = writer
+        .put("a", "x", json!({"n": 1}), Some("k-1"), None)
+        .await
+        .expect("ack")
+        .expect("ok");
+    assert_eq!(again, put);
+
+    let published = writer
+        .publish("a", "chat.message", json!({"text": "hi"}), Some("k-2"))
+        .await
+        .expect("ack")
+        .expect("ok");
+    assert_eq!(published.seq, Some(2));
+    assert_eq!(published.event.event_type(), "chat.message");
+    assert_eq!(reader.next_durable(T).await.expect("event"), published);
+
+    // A conflicting write: ok=false with the current item.
+    let conflict = writer
+        .put("a", "x", json!({"n": 2}), None, Some(7))
+        .await
+        .expect("ack")
+        .expect_err("a conflict");
+    assert_eq!(conflict.code, ErrorCode::VersionConflict);
+    assert_eq!(conflict.current.map(|c| c.version), Some(1));
+
+    // Delete acks too.
+    let r = writer.new_ref();
+    let reply = writer
+        .request(
+            &r,
+            &ClientFrame::Delete {
+                r#ref: Some(r.clone()),
+                room: "a".into(),
+                id: "x".into(),
+                key: None,
+                if_match: Some(1),
+            },
+        )
+        .await
+        .expect("reply");
+    match reply {
+        ServerFrame::Ack {
+            result: Ok(Some(env)),
+            ..
+        } => {
+            assert!(matches!(&env.event, Event::ItemDeleted(d) if d.version == 2));
+            assert_eq!(env.seq, Some(3));
+        }
+        other => panic!("expected a delete ack, got {}", other.encode()),
+    }
+    assert_eq!(rest.history_all("a", 0).await.expect("history").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_other_subscribers_not_the_sender() {
+    let server = start(Server::builder());
+    let rest = server.rest();
+    let mut alice = WsClient::connect(&server.ws_url(), Some("alice"))
+        .await
+        .expect("ws");
+    let mut bob = WsClient::connect(&server.ws_url(), Some("bob"))
+        .await
+        .expect("ws");
+    let mut carol = WsClient::connect(&server.ws_url(), Some("carol"))
+        .await
+        .expect("ws");
+    alice
+        .subscribe(&["a"], None, false)
+        .await
+        .expect("subscribe");
+    bob.subscribe(&["a"], None, false).await.expect("subscribe");
+    carol
+        .subscribe(&["other"], None, false)
+        .await
+        .expect("subscribe");
+
+    alice
+        .broadcast("a", "cursor", json!({"x": 1, "y": 2}))
+        .await
+        .expect("broadcast");
+    let got = bob.next_of_type("broadcast", T).await.expect("bob gets it");
+    assert_eq!(got.room, "a");
+    assert_eq!(got.seq, None, "broadcasts are ephemeral");
+    match &got.event {
+        Event::Broadcast(b) => {
+            assert_eq!(b.event, "cursor");
+            assert_eq!(b.data, json!({"x": 1, "y": 2}));
+            assert_eq!(b.from.as_deref(), Some("alice"));
+        }
+        other => panic!("expected broadcast, got {other:?}"),
+    }
+
+    // A durable marker after the broadcast: alice and carol see nothing before it.
+    let marker = rest
+        .publish("a", "test.marker", &json!({}), &WriteOptions::default())
+        .await
+        .expect("publish")
+        .ok();
+    rest.publish("other", "test.marker", &json!({}), &WriteOptions::default())
+        .await
+        .expect("publish")
+        .ok();
+    let first = alice.next_envelope(T).await.expect("alice's next event");
+    assert_eq!(first, marker, "the sender does not get its own broadcast");
+    let first = carol.next_envelope(T).await.expect("carol's next event");
+    assert_eq!(first.room, "other", "non-subscribers get no broadcast");
+    assert!(
+        rest.history_all("a", 0).await.expect("history").len() == 1,
+        "broadcasts are not logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_join_shows_and_leave_comes_after_the_grace() {
+    let server = start(Server::builder().flag("presence-grace-ms", 300));
+    let rest = server.rest();
+    let mut watcher = WsClient::connect(&server.ws_url(), Some("watcher"))
+        .await
+        .expect("ws");
+    watcher
+        .subscribe(&["lobby"], None, true)
+        .await
+        .expect("subscribe");
+    let state = watcher
+        .next_of_type("presence.state", T)
+        .await
+        .expect("presence.state first");
+    assert!(matches!(&state.event, Event::PresenceState(s) if s.members.is_empty()));
+    let mut sse = SseClient::connect(&server.url(), &SseRequest::rooms(&["lobby"]).presence())
+        .await
+        .expect("SSE with presence");
+
+    let mut ada = WsClient::connect(&server.ws_url(), Some("ada"))
+        .await
+        .expect("ws");
+    ada.presence("lobby", json!({"name": "Ada"}))
+        .await
+        .expect("presence");
+    let join = watcher
+        .next_of_type("presence.join", T)
+        .await
+        .expect("join");
+    match &join.event {
+        Event::PresenceJoin(m) => {
+            assert_eq!(m.client_id, "ada");
+            assert_eq!(m.meta, json!({"name": "Ada"}));
+        }
+        other => panic!("{other:?}"),
+    }
+    let sse_join = sse
+        .next_of_type("presence.join", T)
+        .await
+        .expect("join over SSE");
+    assert_eq!(sse_join.envelope.event, join.event);
+    let list = rest.presence("lobby").await.expect("presence").ok();
+    assert_eq!(list.room, "lobby");
+    let ada_member = list
+        .members
+        .iter()
+        .find(|m| m.client_id == "ada")
+        .expect("ada is listed");
+    assert_eq!(ada_member.meta, json!({"name": "Ada"}));
+
+    // Ada leaves: the leave comes after the grace period.
+    let closed_at = Instant::now();
+    ada.close().await.expect("close");
+    let leave = watcher
+        .next_of_type("presence.leave", T)
+        .await
+        .expect("leave");
+    let after = closed_at.elapsed();
+    assert!(matches!(&leave.event, Event::PresenceLeave(m) if m.client_id == "ada"));
+    assert!(
+        after >= Duration::from_millis(250),
+        "leave after {after:?}, before the 300 ms grace"
+    );
+    let list = rest.presence("lobby").await.expect("presence").ok();
+    assert!(
+        list.members.iter().all(|m| m.client_id != "ada"),
+        "{list:?}"
+    );
+
+    // A quick reconnect with the same client id is not a leave.
+    let mut bo = WsClient::connect(&server.ws_url(), Some("bo"))
+        .await
+        .expect("ws");
+    bo.presence("lobby", json!({"name": "Bo"}))
+        .await
+        .expect("presence");
+    watcher
+        .next_of_type("presence.join", T)
+        .await
+        .expect("bo joins");
+    drop(bo);
+    let mut bo = WsClient::connect(&server.ws_url(), Some("bo"))
+        .await
+        .expect("ws");
+    bo.presence("lobby", json!({"name": "Bo"}))
+        .await
+        .expect("presence");
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match watcher.next_envelope(left).await {
+            Ok(env) => assert!(
+                !matches!(&env.event, Event::PresenceLeave(m) if m.client_id == "bo"),
+                "a quick reconnect was seen as a leave"
+            ),
+            Err(Error::Timeout { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let list = rest.presence("lobby").await.expect("presence").ok();
+    assert!(list.members.iter().any(|m| m.client_id == "bo"), "{list:?}");
+}
