@@ -4,7 +4,8 @@
 //! cargo xtask demo            # install what is missing, build the npm package, run the server
 //! cargo xtask test            # install what is missing, run every check and test
 //! cargo xtask test --quick    # the same without the npm package and browser tests
-//! cargo xtask test --list     # print the steps
+//! cargo xtask test --from 4   # start at step 4 (after fixing what failed there)
+//! cargo xtask test --list     # print the numbered steps
 //! cargo xtask setup           # install what is missing, nothing else
 //! ```
 //!
@@ -36,8 +37,10 @@ usage: cargo xtask <command>
 commands:
   demo [--listen ADDR]   install what is missing, build the npm package, run the demo server
                          (default http://127.0.0.1:8080)
-  test [--quick]         run every check and test; --quick skips the npm package and browser tests
-  test --list            print the steps of `test`
+  test [--quick] [--from N]
+                         run every check and test; --quick skips the npm package and browser
+                         tests; --from N starts at step N (see --list)
+  test --list            print the numbered steps of `test`
   setup [--quick]        install what is missing, nothing else
 ";
 
@@ -122,12 +125,11 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["demo"] => demo(&ctx, DEMO_LISTEN),
         ["demo", "--listen", addr] => demo(&ctx, addr),
-        ["test"] => test(&ctx, false),
-        ["test", "--quick"] => test(&ctx, true),
         ["test", "--list"] => {
             list();
             Ok(())
         }
+        ["test", flags @ ..] => test_flags(flags).and_then(|(quick, from)| test(&ctx, quick, from)),
         ["setup"] => Setup::default().ensure(&ctx, &tools(false)),
         ["setup", "--quick"] => Setup::default().ensure(&ctx, &tools(true)),
         [] | ["help" | "--help" | "-h"] => {
@@ -257,7 +259,30 @@ enum Status {
     Skipped(String),
 }
 
-fn test(ctx: &Ctx, quick: bool) -> Result<(), Error> {
+/// `test [--quick] [--from N]`.
+fn test_flags(flags: &[&str]) -> Result<(bool, usize), Error> {
+    let mut quick = false;
+    let mut from = 1;
+    let mut it = flags.iter();
+    while let Some(flag) = it.next() {
+        match *flag {
+            "--quick" => quick = true,
+            "--from" => {
+                from = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=STEPS.len()).contains(n))
+                    .ok_or_else(|| {
+                        Error::Usage(format!("--from needs a step number, 1 to {}", STEPS.len()))
+                    })?;
+            }
+            other => return Err(Error::Usage(format!("unknown flag `{other}` for test"))),
+        }
+    }
+    Ok((quick, from))
+}
+
+fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
     let started = Instant::now();
     banner("setup");
     Setup::default().ensure(ctx, &tools(quick))?;
@@ -285,6 +310,10 @@ fn test(ctx: &Ctx, quick: bool) -> Result<(), Error> {
     let total = STEPS.len();
     for (i, step) in STEPS.iter().enumerate() {
         let n = i + 1;
+        if n < from {
+            report.push((step, Status::Skipped(format!("--from {from}"))));
+            continue;
+        }
         if quick && step.group == Group::Browser {
             report.push((step, Status::Skipped("--quick".into())));
             continue;
