@@ -1,1 +1,179 @@
-//! Tidewire server.
+//! # tidewire-server
+//!
+//! A complete real-time backend in one process: durable rooms (SQLite), live fan-out over
+//! SSE, WebSocket and long-poll with exact resume, presence, limits, graceful shutdown and
+//! metrics. It is an axum [`Router`](axum::Router) you can mount in your own app, and the
+//! `tidewire` binary (`tidewire serve`).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = tidewire_server::Config::default();
+//! config.database = "sqlite::memory:".into();
+//! let server = tidewire_server::Server::new(config).await?;
+//! let app = axum::Router::new().nest("/realtime", server.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Architecture: [`store`] (durable log + items) → [`service`] (write path: store, then
+//! publish) → [`bus`] → [`hub`] (fan-out to local connections) → [`transport`] (one bounded
+//! queue per connection, drained by SSE, WebSocket or long-poll). [`presence`] is ephemeral
+//! state; [`limits`], [`identity`] and [`shutdown`] are cross-cutting.
+
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod identity;
+pub mod limits;
+pub mod metrics;
+pub mod presence;
+pub mod routes;
+pub mod service;
+pub mod shutdown;
+pub mod store;
+pub mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use store::Store;
+
+use crate::bus::{memory::MemoryBus, Bus};
+use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::presence::memory::MemoryPresence;
+use crate::service::Service;
+use crate::shutdown::Shutdown;
+use crate::store::{sqlite::SqliteStore, Retention};
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The write path and backends.
+    pub service: Service,
+    /// Local fan-out.
+    pub hub: Arc<Hub>,
+    /// Per-client limits.
+    pub limits: Limits,
+    /// The draining flag.
+    pub shutdown: Shutdown,
+    /// The metrics page.
+    pub metrics: PrometheusHandle,
+}
+
+/// The state type of every route.
+pub type AppState = Arc<Shared>;
+
+/// A configured server: backends opened, background tasks running.
+#[derive(Clone)]
+pub struct Server {
+    shared: AppState,
+}
+
+fn not_yet(what: &str) -> Error {
+    Error::Config(format!("{what} is not supported yet"))
+}
+
+impl Server {
+    /// Opens the store (creating and migrating it), starts the hub, the presence reaper and
+    /// retention. Must run inside a Tokio runtime.
+    pub async fn new(config: Config) -> Result<Server> {
+        if config.redis.is_some() {
+            return Err(not_yet("--redis (a Redis bus and presence)"));
+        }
+        if config.jwt_secret.is_some() {
+            return Err(not_yet("--jwt-secret (JWT auth)"));
+        }
+        let db = config.database.as_str();
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            return Err(not_yet("a PostgreSQL database"));
+        }
+        if !db.starts_with("sqlite:") {
+            return Err(Error::Config(format!(
+                "unknown database URL `{db}`: use sqlite://path or sqlite::memory:"
+            )));
+        }
+        let retention = Retention {
+            events: config.retention_events.max(1),
+            secs: config.retention_secs,
+            idempotency_secs: config.idempotency_ttl_secs,
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(db, retention).await?);
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        let presence = Arc::new(MemoryPresence::new(
+            Duration::from_millis(config.presence_grace_ms),
+            config.idle_timeout() + Duration::from_millis(config.presence_grace_ms),
+        ));
+        let hub = Hub::new(store.clone());
+        tokio::spawn(hub.clone().run(bus.subscribe()));
+        let shared = Arc::new(Shared {
+            limits: Limits::new(
+                config.max_connections_per_client,
+                config.write_rate,
+                config.write_burst,
+            ),
+            shutdown: Shutdown::new(config.drain_window()),
+            metrics: metrics::install(),
+            service: Service::new(store, bus, presence),
+            hub,
+            config,
+        });
+        spawn_maintenance(Arc::downgrade(&shared));
+        Ok(Server { shared })
+    }
+
+    /// The routes, ready to serve or to mount. Serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so limits are per peer address.
+    pub fn router(&self) -> Router {
+        routes::router(self.shared.clone())
+    }
+
+    /// Starts draining: `/healthz` answers 503, every connection is told to reconnect.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.begin();
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn state(&self) -> &AppState {
+        &self.shared
+    }
+}
+
+/// Builds a server and answers its router.
+pub async fn router(config: Config) -> Result<Router> {
+    Ok(Server::new(config).await?.router())
+}
+
+fn spawn_maintenance(shared: std::sync::Weak<Shared>) {
+    tokio::spawn(async move {
+        let mut reap = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks: u64 = 0;
+        loop {
+            reap.tick().await;
+            let Some(s) = shared.upgrade() else { return };
+            if let Err(err) = s.service.reap_presence().await {
+                tracing::warn!(%err, "presence reaper");
+            }
+            // Retention by age, once a minute (and at start).
+            if ticks % 240 == 0 {
+                let cutoff = store::now()
+                    .1
+                    .saturating_sub((s.config.retention_secs as i64).saturating_mul(1000));
+                match s.service.store.trim_expired(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "retention trimmed events"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "retention"),
+                }
+            }
+            ticks += 1;
+        }
+    });
+}

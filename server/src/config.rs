@@ -1,0 +1,177 @@
+//! Configuration: `tidewire serve` flags, each with a `TIDEWIRE_*` environment variable.
+//!
+//! The same struct configures the library:
+//!
+//! ```
+//! let mut config = tidewire_server::Config::default();
+//! config.database = "sqlite::memory:".into();
+//! assert_eq!(config.queue_capacity, 1024);
+//! assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The `tidewire` command line.
+#[derive(Debug, Parser)]
+#[command(name = "tidewire", version, about = "Tidewire: a real-time backend in one binary")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands of `tidewire`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<Config>),
+}
+
+/// Every setting of the server, with its flag and `TIDEWIRE_*` variable.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "TIDEWIRE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Database URL: `sqlite://path`, `sqlite::memory:` (`postgres://` is not supported yet).
+    #[arg(long, env = "TIDEWIRE_DATABASE", default_value = "sqlite://tidewire.db")]
+    pub database: String,
+    /// Redis URL for several nodes (not supported yet).
+    #[arg(long, env = "TIDEWIRE_REDIS")]
+    pub redis: Option<String>,
+    /// HS256 secret for JWT auth (not supported yet).
+    #[arg(long, env = "TIDEWIRE_JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+    /// Allowed CORS origins, comma separated (default: any origin).
+    #[arg(long, env = "TIDEWIRE_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+    /// Directory served at `/` (the demo page).
+    #[arg(long, env = "TIDEWIRE_WWW_DIR", default_value = "www")]
+    pub www_dir: PathBuf,
+    /// Directory served at `/pkg/` (the npm package built from `client/`).
+    #[arg(long, env = "TIDEWIRE_PKG_DIR", default_value = "client/pkg")]
+    pub pkg_dir: PathBuf,
+    /// Events kept per room.
+    #[arg(long, env = "TIDEWIRE_RETENTION_EVENTS", default_value_t = 10_000)]
+    pub retention_events: u64,
+    /// Seconds an event is kept.
+    #[arg(long, env = "TIDEWIRE_RETENTION_SECS", default_value_t = 604_800)]
+    pub retention_secs: u64,
+    /// Seconds between SSE heartbeat comments and WebSocket pings.
+    #[arg(long, env = "TIDEWIRE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub heartbeat_secs: u64,
+    /// Seconds of silence after which a WebSocket is closed (4003).
+    #[arg(long, env = "TIDEWIRE_IDLE_TIMEOUT_SECS", default_value_t = 45)]
+    pub idle_timeout_secs: u64,
+    /// The SSE `retry:` hint in milliseconds.
+    #[arg(long, env = "TIDEWIRE_SSE_RETRY_MS", default_value_t = 1000)]
+    pub sse_retry_ms: u64,
+    /// Window over which reconnect delays are spread on shutdown, in milliseconds.
+    #[arg(long, env = "TIDEWIRE_DRAIN_WINDOW_MS", default_value_t = 5000)]
+    pub drain_window_ms: u64,
+    /// Grace period before a disconnected presence member leaves, in milliseconds.
+    #[arg(long, env = "TIDEWIRE_PRESENCE_GRACE_MS", default_value_t = 5000)]
+    pub presence_grace_ms: u64,
+    /// Events queued per connection before it counts as a slow consumer.
+    #[arg(long, env = "TIDEWIRE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Largest request body (and WebSocket frame), in bytes.
+    #[arg(long, env = "TIDEWIRE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
+    pub max_body_bytes: usize,
+    /// Largest item value, in bytes of JSON.
+    #[arg(long, env = "TIDEWIRE_MAX_ITEM_BYTES", default_value_t = 262_144)]
+    pub max_item_bytes: usize,
+    /// Rooms one connection may follow.
+    #[arg(long, env = "TIDEWIRE_MAX_ROOMS_PER_CONNECTION", default_value_t = 64)]
+    pub max_rooms_per_connection: usize,
+    /// Concurrent streaming connections per client key.
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
+    /// Sustained writes per second per client key.
+    #[arg(long, env = "TIDEWIRE_WRITE_RATE", default_value_t = 50)]
+    pub write_rate: u32,
+    /// Burst of writes per client key.
+    #[arg(long, env = "TIDEWIRE_WRITE_BURST", default_value_t = 200)]
+    pub write_burst: u32,
+    /// Seconds an idempotency key is remembered.
+    #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The defaults live once, in the clap attributes above; environment variables are
+        // not consulted for a library default.
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cmd = <Defaults as clap::CommandFactory>::command()
+            .mut_args(|a| a.env(clap::builder::Resettable::Reset));
+        let matches = cmd
+            .try_get_matches_from(["tidewire"])
+            .expect("defaults always parse");
+        <Defaults as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("defaults always parse")
+            .config
+    }
+}
+
+impl Config {
+    /// The heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+    /// The WebSocket idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+    /// The shutdown drain window.
+    pub fn drain_window(&self) -> Duration {
+        Duration::from_millis(self.drain_window_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.database, "sqlite://tidewire.db");
+        assert_eq!(c.retention_events, 10_000);
+        assert_eq!(c.retention_secs, 604_800);
+        assert_eq!(c.heartbeat_secs, 15);
+        assert_eq!(c.idle_timeout_secs, 45);
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.max_item_bytes, 262_144);
+        assert_eq!(c.write_rate, 50);
+        assert_eq!(c.write_burst, 200);
+        assert!(c.cors_origin.is_empty());
+        assert!(c.redis.is_none());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "tidewire",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "sqlite::memory:",
+            "--cors-origin",
+            "http://a.test,http://b.test",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command;
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.cors_origin.len(), 2);
+    }
+}

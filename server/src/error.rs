@@ -1,0 +1,196 @@
+//! The server's one error type. Every failure maps to a stable [`ErrorCode`]; over HTTP it
+//! answers `application/problem+json` (RFC 9457), over WebSocket an `error` frame or a failed
+//! `ack`.
+//!
+//! ```
+//! use tidewire_server::Error;
+//! use tidewire_protocol::ErrorCode;
+//! let err = Error::NotFound("no item `x`".into());
+//! assert_eq!(err.code(), ErrorCode::NotFound);
+//! assert_eq!(err.problem().status, 404);
+//! ```
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tidewire_protocol::{AckError, ErrorCode, Item, Problem, ProtocolError};
+
+/// Everything that can go wrong in the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad input on the wire (names, keys, cursors, JSON, sizes).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// A request that is malformed in another way (query parameters, headers).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A body or item over its limit.
+    #[error("payload too large: {size} bytes, limit {limit}")]
+    PayloadTooLarge {
+        /// The size seen (a lower bound when the body was cut off).
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `If-Match` did not match; `current` is the item as it is now.
+    #[error("{detail}")]
+    VersionConflict {
+        /// What was expected and found.
+        detail: String,
+        /// The current item, absent when it does not exist.
+        current: Option<Item>,
+    },
+    /// No such item (or route).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key `{0}` was used with a different request")]
+    IdempotencyKeyReused(String),
+    /// The log no longer reaches back to the requested position.
+    #[error("history trimmed: position {after} is older than the retained log (head {head})")]
+    HistoryTrimmed {
+        /// The requested position.
+        after: u64,
+        /// The room's head.
+        head: u64,
+    },
+    /// Too many rooms on one connection.
+    #[error("too many rooms: {count}, limit {limit}")]
+    TooManyRooms {
+        /// Rooms asked for.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Too many concurrent connections for this client key.
+    #[error("too many connections for this client (limit {0})")]
+    TooManyConnections(usize),
+    /// Write rate exceeded; retry after the given seconds.
+    #[error("write rate exceeded, retry after {retry_after} s")]
+    RateLimited {
+        /// Seconds until a write is allowed again.
+        retry_after: u64,
+    },
+    /// Not allowed to read or write this room.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The server is draining.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The store failed.
+    #[error("store unavailable: {0}")]
+    Store(#[from] sqlx::Error),
+    /// A setting is invalid or a backend is not available yet.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A bug or an unexpected state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The stable code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Protocol(e) => e.code(),
+            Error::BadRequest(_) => ErrorCode::BadRequest,
+            Error::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::VersionConflict { .. } => ErrorCode::VersionConflict,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Error::IdempotencyKeyReused(_) => ErrorCode::IdempotencyKeyReused,
+            Error::HistoryTrimmed { .. } => ErrorCode::HistoryTrimmed,
+            Error::TooManyRooms { .. } => ErrorCode::TooManyRooms,
+            Error::TooManyConnections(_) => ErrorCode::TooManyConnections,
+            Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::ShuttingDown => ErrorCode::ShuttingDown,
+            Error::Store(_) => ErrorCode::StoreUnavailable,
+            Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The RFC 9457 problem for this error.
+    pub fn problem(&self) -> Problem {
+        let mut p = Problem::new(self.code(), self.to_string());
+        match self {
+            Error::VersionConflict { current, .. } => p.current = current.clone(),
+            Error::RateLimited { retry_after } => p.retry_after = Some(*retry_after),
+            _ => {}
+        }
+        p
+    }
+
+    /// The error inside a failed WebSocket `ack`.
+    pub fn ack_error(&self) -> AckError {
+        AckError {
+            code: self.code(),
+            title: self.to_string(),
+            current: match self {
+                Error::VersionConflict { current, .. } => current.clone(),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if matches!(self, Error::Store(_) | Error::Internal(_) | Error::Config(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Error::RateLimited { retry_after } = self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_problem_carries_the_current_item() {
+        let item = Item {
+            id: "x".into(),
+            value: serde_json::json!(1),
+            version: 4,
+        };
+        let err = Error::VersionConflict {
+            detail: "If-Match 3 but the item is at version 4".into(),
+            current: Some(item.clone()),
+        };
+        let p = err.problem();
+        assert_eq!(p.status, 409);
+        assert_eq!(p.code, ErrorCode::VersionConflict);
+        assert_eq!(p.current, Some(item.clone()));
+        assert_eq!(err.ack_error().current, Some(item));
+    }
+
+    #[test]
+    fn rate_limited_sets_retry_after() {
+        let res = Error::RateLimited { retry_after: 2 }.into_response();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics (`GET /metrics`), recorded through the `metrics` crate.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `tidewire_connections` | gauge | `transport` |
+//! | `tidewire_events_in_total` | counter | |
+//! | `tidewire_events_out_total` | counter | `transport` |
+//! | `tidewire_bytes_out_total` | counter | `transport` |
+//! | `tidewire_slow_consumer_disconnects_total` | counter | `transport` |
+//! | `tidewire_replays_total`, `tidewire_resyncs_total` | counter | |
+//! | `tidewire_bus_duplicates_total`, `tidewire_bus_gaps_filled_total` | counter | |
+//! | `tidewire_write_latency_seconds` | summary | |
+//!
+//! ```
+//! let handle = tidewire_server::metrics::install();
+//! tidewire_server::metrics::event_in();
+//! assert!(handle.render().contains("tidewire_events_in_total"));
+//! ```
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the process-wide recorder once and answers its handle. When the embedding
+/// application already installed another recorder, the handle renders an empty page.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+        })
+        .clone()
+}
+
+/// Counts a connection for as long as it lives.
+pub struct ConnectionGauge(&'static str);
+
+impl ConnectionGauge {
+    /// A new connection of `transport` (`sse`, `ws`, `poll`).
+    pub fn new(transport: &'static str) -> Self {
+        metrics::gauge!("tidewire_connections", "transport" => transport).increment(1.0);
+        ConnectionGauge(transport)
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("tidewire_connections", "transport" => self.0).decrement(1.0);
+    }
+}
+
+/// A write was appended.
+pub fn event_in() {
+    metrics::counter!("tidewire_events_in_total").increment(1);
+}
+
+/// Events and bytes sent on a transport.
+pub fn sent(transport: &'static str, events: u64, bytes: u64) {
+    metrics::counter!("tidewire_events_out_total", "transport" => transport).increment(events);
+    metrics::counter!("tidewire_bytes_out_total", "transport" => transport).increment(bytes);
+}
+
+/// A slow consumer was disconnected.
+pub fn slow_consumer(transport: &'static str) {
+    metrics::counter!("tidewire_slow_consumer_disconnects_total", "transport" => transport)
+        .increment(1);
+}
+
+/// A connection replayed events from the log.
+pub fn replay(events: u64) {
+    metrics::counter!("tidewire_replays_total").increment(1);
+    metrics::counter!("tidewire_replayed_events_total").increment(events);
+}
+
+/// A connection was told to resync.
+pub fn resync() {
+    metrics::counter!("tidewire_resyncs_total").increment(1);
+}
+
+/// The hub dropped a duplicate bus message.
+pub fn duplicate_dropped() {
+    metrics::counter!("tidewire_bus_duplicates_total").increment(1);
+}
+
+/// The hub filled a gap from the store.
+pub fn gap_filled() {
+    metrics::counter!("tidewire_bus_gaps_filled_total").increment(1);
+}
+
+/// How long a write took (store + publish).
+pub fn write_latency(d: Duration) {
+    metrics::histogram!("tidewire_write_latency_seconds").record(d.as_secs_f64());
+}

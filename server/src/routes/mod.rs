@@ -1,0 +1,94 @@
+//! The HTTP surface: REST ([`rest`]), streaming transports, operations ([`ops`]) and static
+//! files (`/` from `www_dir`, `/pkg/` from `pkg_dir`), with CORS and the body limit.
+//!
+//! ```no_run
+//! # async fn f(server: tidewire_server::Server) {
+//! let app: axum::Router = server.router(); // every route below, state attached
+//! # }
+//! ```
+
+pub mod ops;
+pub mod rest;
+
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::routing::{get, put};
+use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+
+use crate::transport::{poll, sse, ws};
+use crate::{AppState, Error};
+
+/// Builds the router for `state`.
+pub fn router(state: AppState) -> Router {
+    let config = &state.config;
+    let api = Router::new()
+        .route("/v1/rooms/{room}/snapshot", get(rest::snapshot))
+        .route(
+            "/v1/rooms/{room}/items/{id}",
+            put(rest::put_item).delete(rest::delete_item),
+        )
+        .route(
+            "/v1/rooms/{room}/events",
+            get(rest::history).post(rest::post_event),
+        )
+        .route("/v1/rooms/{room}/presence", get(rest::presence))
+        .route("/v1/sse", get(sse::handler))
+        .route("/v1/ws", get(ws::handler))
+        .route("/v1/poll", get(poll::handler))
+        .route("/v1", axum::routing::any(not_found))
+        .route("/v1/{*rest}", axum::routing::any(not_found))
+        .route("/metrics", get(ops::metrics))
+        .route("/healthz", get(ops::healthz))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    api.nest_service("/pkg", ServeDir::new(&config.pkg_dir))
+        .fallback_service(ServeDir::new(&config.www_dir))
+        .layer(cors(&config.cors_origin))
+        .with_state(state)
+}
+
+async fn not_found() -> Error {
+    Error::NotFound("no such endpoint".into())
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origin = if origins.is_empty() || origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([
+            Method::GET,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            HeaderName::from_static("idempotency-key"),
+            header::IF_MATCH,
+            HeaderName::from_static("last-event-id"),
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+        ])
+        .expose_headers([
+            header::ETAG,
+            HeaderName::from_static("idempotency-replayed"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}

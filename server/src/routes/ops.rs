@@ -1,0 +1,28 @@
+//! `GET /metrics` (Prometheus text) and `GET /healthz` (`200 ok`, `503` while draining).
+//!
+//! ```text
+//! GET /healthz → 200 ok
+//! ```
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+
+use crate::AppState;
+
+/// Prometheus text.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Liveness and readiness.
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.shutdown.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    }
+}

@@ -1,0 +1,370 @@
+//! Streaming transports — [`sse`], [`ws`], [`poll`] — over one per-connection
+//! [`queue`](queue) and one [`Session`] holding the resume logic they share.
+//!
+//! A session follows rooms in the order that makes resume exact: it **registers with the hub
+//! first**, then reads the log from the client's position ([`Session::replay_next`]), then
+//! delivers live events, skipping any `seq` it already sent ([`Session::admit`]). A position
+//! the log no longer holds becomes one `resync` and the room continues from its head.
+//!
+//! ```no_run
+//! # async fn f(mut session: tidewire_server::transport::Session) -> tidewire_server::Result<()> {
+//! let cursor: tidewire_protocol::Cursor = "board-1=42".parse()?;
+//! let mut out = session.follow(&["board-1".to_string()], &cursor, false).await?;
+//! while let Some(page) = session.replay_next().await? {
+//!     for item in page {
+//!         out.extend(session.admit(item).await?);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod poll;
+pub mod queue;
+pub mod sse;
+pub mod ws;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use tidewire_protocol::{Cursor, Event, PresenceState, ResyncData};
+
+use crate::identity::{authorize, Access, ClientIdentity};
+use crate::limits::ConnectionGuard;
+use crate::metrics::ConnectionGauge;
+use crate::service::ephemeral_json;
+use crate::{AppState, Error, Result};
+use queue::{queue, Inbox, Outbound, Outbox};
+
+/// Events read from the log per page of a replay.
+const REPLAY_PAGE: u64 = 1000;
+
+/// One item ready to write: the envelope JSON and, for durable events on SSE, the cursor
+/// after it (the `id:` line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ready {
+    /// The envelope JSON.
+    pub payload: Utf8Bytes,
+    /// The connection's cursor after this event (durable events, when ids are wanted).
+    pub id: Option<String>,
+}
+
+/// The per-connection state shared by every transport.
+pub struct Session {
+    /// Unique connection id.
+    pub id: Arc<str>,
+    /// The client id used for presence and as `from` of broadcasts.
+    pub client_id: String,
+    /// Who is connected.
+    pub identity: ClientIdentity,
+    /// `sse`, `ws` or `poll` (metrics label).
+    pub transport: &'static str,
+    /// Shared server state.
+    pub state: AppState,
+    /// The queue the hub fills.
+    pub inbox: Inbox,
+    /// The position of every followed room: the last seq sent.
+    pub cursor: Cursor,
+    outbox: Outbox,
+    want_ids: bool,
+    pending: VecDeque<(Arc<str>, u64)>,
+    joined: HashSet<String>,
+    _guard: ConnectionGuard,
+    _gauge: ConnectionGauge,
+}
+
+impl Session {
+    /// Opens a connection for `identity` (counted against its connection limit).
+    pub fn open(
+        state: AppState,
+        identity: ClientIdentity,
+        transport: &'static str,
+        client_id: Option<String>,
+    ) -> Result<Session> {
+        if state.shutdown.is_draining() {
+            return Err(Error::ShuttingDown);
+        }
+        let guard = state.limits.connect(&identity.key)?;
+        let (outbox, inbox) = queue(state.config.queue_capacity);
+        let id: Arc<str> = ulid::Ulid::generate().to_string().into();
+        let client_id = match client_id {
+            Some(c) if !c.is_empty() => {
+                tidewire_protocol::validate_item_id(&c)
+                    .map_err(|_| Error::BadRequest("client_id: use 1 to 128 of A-Z a-z 0-9 _ . : -".into()))?;
+                c
+            }
+            _ => id.to_string(),
+        };
+        Ok(Session {
+            id,
+            client_id,
+            identity,
+            transport,
+            want_ids: transport == "sse",
+            inbox,
+            cursor: Cursor::new(),
+            outbox,
+            pending: VecDeque::new(),
+            joined: HashSet::new(),
+            _guard: guard,
+            _gauge: ConnectionGauge::new(transport),
+            state,
+        })
+    }
+
+    fn resync(&mut self, room: &str, head: u64) -> Outbound {
+        crate::metrics::resync();
+        self.cursor.set(room, head);
+        Outbound::Message(
+            ephemeral_json(
+                room,
+                Event::Resync(ResyncData {
+                    reason: "history_trimmed".into(),
+                    seq: head,
+                }),
+            )
+            .into(),
+        )
+    }
+
+    /// Follows `rooms` from the positions in `since` (missing rooms start at their head).
+    /// Registers with the hub before reading positions; answers the control envelopes to send
+    /// first (resyncs). Rooms already followed keep their position.
+    pub async fn follow(
+        &mut self,
+        rooms: &[String],
+        since: &Cursor,
+        presence: bool,
+    ) -> Result<Vec<Outbound>> {
+        let new: HashSet<&String> = rooms
+            .iter()
+            .filter(|r| self.cursor.get(r).is_none())
+            .collect();
+        let limit = self.state.config.max_rooms_per_connection;
+        if self.cursor.len() + new.len() > limit {
+            return Err(Error::TooManyRooms {
+                count: self.cursor.len() + new.len(),
+                limit,
+            });
+        }
+        let mut out = Vec::new();
+        for room in rooms {
+            tidewire_protocol::validate_room(room)?;
+            authorize(&self.identity, room, Access::Read)?;
+            self.state
+                .hub
+                .register(room, &self.id, self.outbox.clone(), presence);
+            if self.cursor.get(room).is_some() {
+                continue;
+            }
+            let head = self.state.service.store.head(room).await?;
+            let start = since.get(room).unwrap_or(head);
+            if start > head {
+                out.push(self.resync(room, head));
+            } else {
+                self.cursor.set(room, start);
+                if start < head {
+                    self.pending.push_back((room.as_str().into(), head));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops following `rooms` (and leaves their presence).
+    pub async fn unfollow(&mut self, rooms: &[String]) {
+        for room in rooms {
+            self.state.hub.unregister(room, &self.id);
+            self.cursor.remove(room);
+            self.pending.retain(|(r, _)| &**r != room);
+            if self.joined.remove(room) {
+                let _ = self
+                    .state
+                    .service
+                    .presence
+                    .leave(room, &self.id, &self.client_id)
+                    .await;
+            }
+        }
+    }
+
+    /// The next page of the replay from the log, or `None` when it is done. Pass each item
+    /// through [`Session::admit`].
+    pub async fn replay_next(&mut self) -> Result<Option<Vec<Outbound>>> {
+        while let Some((room, target)) = self.pending.pop_front() {
+            let Some(pos) = self.cursor.get(&room) else {
+                continue;
+            };
+            if pos >= target {
+                continue;
+            }
+            let limit = (target - pos).min(REPLAY_PAGE) as usize;
+            match self.state.service.store.read(&room, pos, limit).await {
+                Ok(events) if events.is_empty() => continue,
+                Ok(events) => {
+                    crate::metrics::replay(events.len() as u64);
+                    let last = events.last().map_or(pos, |e| e.seq);
+                    if last < target {
+                        self.pending.push_front((room.clone(), target));
+                    }
+                    return Ok(Some(
+                        events
+                            .into_iter()
+                            .map(|e| Outbound::Durable {
+                                room: room.clone(),
+                                seq: e.seq,
+                                payload: e.json.into(),
+                            })
+                            .collect(),
+                    ));
+                }
+                Err(Error::HistoryTrimmed { head, .. }) => {
+                    return Ok(Some(vec![self.resync(&room, head)]));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decides what of `item` to send: a durable event the connection already has is
+    /// dropped; one past a gap first brings the missing events from the store.
+    pub async fn admit(&mut self, item: Outbound) -> Result<Vec<Ready>> {
+        let (room, seq, payload) = match item {
+            Outbound::Message(payload) => return Ok(vec![Ready { payload, id: None }]),
+            Outbound::Durable { room, seq, payload } => (room, seq, payload),
+        };
+        let Some(pos) = self.cursor.get(&room) else {
+            return Ok(Vec::new());
+        };
+        if seq <= pos {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        if seq > pos + 1 {
+            match self
+                .state
+                .service
+                .store
+                .read(&room, pos, (seq - pos - 1) as usize)
+                .await
+            {
+                Ok(events) => {
+                    for e in events.into_iter().filter(|e| e.seq < seq) {
+                        out.push(self.advance(&room, e.seq, e.json.into()));
+                    }
+                }
+                Err(Error::HistoryTrimmed { head, .. }) => {
+                    let Outbound::Message(payload) = self.resync(&room, head) else {
+                        unreachable!("resync is a message")
+                    };
+                    out.push(Ready { payload, id: None });
+                    if seq <= head {
+                        return Ok(out);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.push(self.advance(&room, seq, payload));
+        Ok(out)
+    }
+
+    fn advance(&mut self, room: &str, seq: u64, payload: Utf8Bytes) -> Ready {
+        self.cursor.set(room, seq);
+        Ready {
+            payload,
+            id: self.want_ids.then(|| self.cursor.to_string()),
+        }
+    }
+
+    /// `presence.state` envelopes for `rooms`.
+    pub async fn presence_states(&self, rooms: &[String]) -> Result<Vec<Outbound>> {
+        let mut out = Vec::new();
+        for room in rooms {
+            let members = self.state.service.presence.members(room).await?;
+            out.push(Outbound::Message(
+                ephemeral_json(room, Event::PresenceState(PresenceState { members })).into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Joins (or updates) this connection's member in `room`'s presence set.
+    pub async fn join_presence(&mut self, room: &str, meta: serde_json::Value) -> Result<()> {
+        tidewire_protocol::validate_room(room)?;
+        authorize(&self.identity, room, Access::Write)?;
+        let member = tidewire_protocol::Member {
+            client_id: self.client_id.clone(),
+            user: self.identity.subject.clone(),
+            meta,
+        };
+        self.state
+            .service
+            .presence_join(room, &self.id, member)
+            .await?;
+        self.joined.insert(room.to_owned());
+        Ok(())
+    }
+
+    /// Marks the connection alive for presence TTLs.
+    pub async fn touch(&self) {
+        if !self.joined.is_empty() {
+            let _ = self.state.service.presence.touch(&self.id).await;
+        }
+    }
+
+    /// The `Outbound` for this connection's `error` envelope (room "").
+    pub fn error_message(code: tidewire_protocol::ErrorCode, message: &str) -> Utf8Bytes {
+        ephemeral_json(
+            "",
+            Event::Error(tidewire_protocol::ErrorData {
+                code,
+                message: message.to_owned(),
+            }),
+        )
+        .into()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for (room, _) in self.cursor.iter() {
+            self.state.hub.unregister(room, &self.id);
+        }
+        if !self.joined.is_empty() {
+            let presence = self.state.service.presence.clone();
+            let joined = std::mem::take(&mut self.joined);
+            let (id, client) = (self.id.clone(), self.client_id.clone());
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for room in joined {
+                        let _ = presence.leave(&room, &id, &client).await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Parses `rooms=a,b` (required, at most `limit`).
+pub fn parse_rooms(rooms: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    let rooms = rooms.filter(|r| !r.is_empty()).ok_or_else(|| {
+        Error::BadRequest("query parameter `rooms` is required (rooms=a,b)".into())
+    })?;
+    let list: Vec<String> = rooms.split(',').map(str::to_owned).collect();
+    if list.len() > limit {
+        return Err(Error::TooManyRooms {
+            count: list.len(),
+            limit,
+        });
+    }
+    let mut seen = HashSet::new();
+    for r in &list {
+        tidewire_protocol::validate_room(r)?;
+        if !seen.insert(r) {
+            return Err(Error::BadRequest(format!("room `{r}` named twice")));
+        }
+    }
+    Ok(list)
+}

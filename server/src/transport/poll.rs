@@ -1,0 +1,99 @@
+//! `GET /v1/poll?rooms=a,b&since=<cursor>&wait=25` — long-poll. Answers at once when there are
+//! durable events after the cursor (at most 1000), otherwise waits up to `wait` seconds for
+//! one; always answers the next cursor. A position the log no longer holds answers a `resync`
+//! envelope for that room and moves the cursor to its head.
+//!
+//! ```text
+//! GET /v1/poll?rooms=a&since=a=4&wait=25
+//! 200 {"events":[{"v":1,"type":"item.put","room":"a","seq":5,…}],"cursor":"a=5"}
+//! ```
+
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Deserialize;
+use tidewire_protocol::{Cursor, Envelope, PollResponse};
+
+use super::queue::Outbound;
+use super::{parse_rooms, Session};
+use crate::identity::ClientIdentity;
+use crate::{AppState, Error, Result};
+
+/// Most events in one answer.
+const MAX_EVENTS: usize = 1000;
+
+/// Query parameters of `/v1/poll`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PollQuery {
+    rooms: Option<String>,
+    since: Option<String>,
+    wait: Option<String>,
+}
+
+/// The long-poll handler.
+pub async fn handler(
+    State(state): State<AppState>,
+    identity: ClientIdentity,
+    query: std::result::Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PollResponse>> {
+    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let rooms = parse_rooms(q.rooms.as_deref(), state.config.max_rooms_per_connection)?;
+    let since: Cursor = q.since.as_deref().unwrap_or("").parse()?;
+    let wait = match q.wait.as_deref() {
+        None => 25,
+        Some(w) => match w.parse::<u64>() {
+            Ok(n) if n <= 60 => n,
+            _ => return Err(Error::BadRequest("`wait` must be 0 to 60 seconds".into())),
+        },
+    };
+    let mut session = Session::open(state.clone(), identity, "poll", None)?;
+    let mut payloads = Vec::new();
+    for item in session.follow(&rooms, &since, false).await? {
+        payloads.extend(session.admit(item).await?);
+    }
+    while payloads.len() < MAX_EVENTS {
+        let Some(page) = session.replay_next().await? else {
+            break;
+        };
+        for item in page {
+            payloads.extend(session.admit(item).await?);
+        }
+    }
+    if payloads.is_empty() && wait > 0 {
+        let deadline = tokio::time::sleep(Duration::from_secs(wait));
+        tokio::pin!(deadline);
+        let draining = state.shutdown.draining();
+        tokio::pin!(draining);
+        while payloads.is_empty() {
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = &mut draining => break,
+                item = session.inbox.recv() => {
+                    let Some(item) = item else { break };
+                    let mut batch = vec![item];
+                    while batch.len() < MAX_EVENTS {
+                        match session.inbox.try_recv() {
+                            Some(more) => batch.push(more),
+                            None => break,
+                        }
+                    }
+                    for item in batch {
+                        if matches!(item, Outbound::Durable { .. }) {
+                            payloads.extend(session.admit(item).await?);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let events = payloads
+        .iter()
+        .map(|r| Envelope::decode(r.payload.as_str()).map_err(Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    crate::metrics::sent("poll", events.len() as u64, 0);
+    Ok(Json(PollResponse {
+        events,
+        cursor: session.cursor.to_string(),
+    }))
+}

@@ -1,0 +1,209 @@
+//! `GET /v1/sse?rooms=a,b` — Server-Sent Events, many rooms on one connection.
+//!
+//! The stream starts with `retry:` and an `id:`-only event carrying the starting cursor; each
+//! durable event carries `id: <cursor after it>`; ephemeral and control events carry only
+//! `data:`. Everything queued when the connection gets to write is batched into one chunk.
+//!
+//! ```text
+//! retry: 1000
+//! id: board-1=41
+//!
+//! id: board-1=42
+//! data: {"v":1,"type":"item.put","room":"board-1","seq":42,…}
+//!
+//! : hb
+//! ```
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tidewire_protocol::{Cursor, ErrorCode};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{parse_rooms, Ready, Session};
+use crate::identity::ClientIdentity;
+use crate::{metrics, AppState, Error, Result};
+
+/// Most bytes written as one chunk.
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// Query parameters of `/v1/sse`.
+#[derive(Debug, Default, Deserialize)]
+pub struct SseQuery {
+    rooms: Option<String>,
+    since: Option<String>,
+    presence: Option<String>,
+    client_id: Option<String>,
+}
+
+fn flag(v: Option<&str>) -> bool {
+    matches!(v, Some("1" | "true" | "yes"))
+}
+
+fn push_ready(buf: &mut Vec<u8>, ready: &Ready) {
+    if let Some(id) = &ready.id {
+        buf.extend_from_slice(b"id: ");
+        buf.extend_from_slice(id.as_bytes());
+        buf.push(b'\n');
+    }
+    buf.extend_from_slice(b"data: ");
+    buf.extend_from_slice(ready.payload.as_str().as_bytes());
+    buf.extend_from_slice(b"\n\n");
+}
+
+/// The SSE handler.
+pub async fn handler(
+    State(state): State<AppState>,
+    identity: ClientIdentity,
+    headers: HeaderMap,
+    query: std::result::Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let rooms = parse_rooms(q.rooms.as_deref(), state.config.max_rooms_per_connection)?;
+    let since = match headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(q.since.as_deref())
+    {
+        Some(s) => s.trim().parse::<Cursor>()?,
+        None => Cursor::new(),
+    };
+    let presence = flag(q.presence.as_deref());
+    let mut session = Session::open(state.clone(), identity, "sse", q.client_id)?;
+    let first = session.follow(&rooms, &since, presence).await?;
+
+    let mut head = format!("retry: {}\n", state.config.sse_retry_ms).into_bytes();
+    head.extend_from_slice(format!("id: {}\n\n", session.cursor).as_bytes());
+    for item in first {
+        for ready in session.admit(item).await? {
+            push_ready(&mut head, &ready);
+        }
+    }
+
+    let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, Infallible>>(2);
+    tokio::spawn(async move {
+        if let Err(err) = run(session, tx, head, rooms, presence).await {
+            tracing::debug!(%err, "sse stream ended with an error");
+        }
+    });
+    let mut res = Body::from_stream(ReceiverStream::new(rx)).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+type Tx = mpsc::Sender<std::result::Result<Bytes, Infallible>>;
+
+/// Sends a chunk; false when the client is gone or does not read for too long.
+async fn send(tx: &Tx, buf: Vec<u8>, patience: Duration) -> bool {
+    let n = buf.len() as u64;
+    match tokio::time::timeout(patience, tx.send(Ok(Bytes::from(buf)))).await {
+        Ok(Ok(())) => {
+            metrics::sent("sse", 0, n);
+            true
+        }
+        _ => false,
+    }
+}
+
+async fn run(
+    mut session: Session,
+    tx: Tx,
+    head: Vec<u8>,
+    rooms: Vec<String>,
+    presence: bool,
+) -> Result<()> {
+    let state = session.state.clone();
+    let patience = state.config.idle_timeout();
+    let draining = state.shutdown.draining();
+    tokio::pin!(draining);
+    if !send(&tx, head, patience).await {
+        return Ok(());
+    }
+    // Replay from the log; live events queue meanwhile and are deduplicated after.
+    while let Some(page) = session.replay_next().await? {
+        let mut buf = Vec::new();
+        let mut events = 0;
+        for item in page {
+            for ready in session.admit(item).await? {
+                push_ready(&mut buf, &ready);
+                events += 1;
+            }
+        }
+        metrics::sent("sse", events, 0);
+        if !send(&tx, buf, patience).await {
+            return Ok(());
+        }
+    }
+    if presence {
+        let mut buf = Vec::new();
+        for item in session.presence_states(&rooms).await? {
+            for ready in session.admit(item).await? {
+                push_ready(&mut buf, &ready);
+            }
+        }
+        if !send(&tx, buf, patience).await {
+            return Ok(());
+        }
+    }
+    let mut heartbeat = tokio::time::interval(state.config.heartbeat());
+    heartbeat.tick().await;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut draining => {
+                let mut buf = Vec::new();
+                push_ready(&mut buf, &Ready { payload: state.shutdown.reconnect_envelope().into(), id: None });
+                let _ = send(&tx, buf, Duration::from_millis(500)).await;
+                return Ok(());
+            }
+            item = session.inbox.recv() => {
+                let Some(item) = item else {
+                    if session.inbox.is_slow() {
+                        metrics::slow_consumer("sse");
+                        let mut buf = Vec::new();
+                        let msg = Session::error_message(ErrorCode::SlowConsumer,
+                            "the connection fell behind; resume from the last id");
+                        push_ready(&mut buf, &Ready { payload: msg, id: None });
+                        let _ = tx.try_send(Ok(Bytes::from(buf)));
+                    }
+                    return Ok(());
+                };
+                let mut buf = Vec::new();
+                let mut events = 0;
+                for ready in session.admit(item).await? {
+                    push_ready(&mut buf, &ready);
+                    events += 1;
+                }
+                while buf.len() < MAX_CHUNK {
+                    let Some(more) = session.inbox.try_recv() else { break };
+                    for ready in session.admit(more).await? {
+                        push_ready(&mut buf, &ready);
+                        events += 1;
+                    }
+                }
+                if buf.is_empty() {
+                    continue;
+                }
+                metrics::sent("sse", events, 0);
+                if !send(&tx, buf, patience).await {
+                    return Ok(());
+                }
+                heartbeat.reset();
+            }
+            _ = heartbeat.tick() => {
+                if !send(&tx, b": hb\n\n".to_vec(), patience).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

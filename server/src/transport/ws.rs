@@ -1,0 +1,394 @@
+//! `GET /v1/ws` — WebSocket: subscribe/unsubscribe with positions, writes with acks,
+//! broadcast, presence, ping. One task per connection reads frames, drains the outbound queue
+//! with write batching (everything queued is fed, then one flush), pings every heartbeat and
+//! closes idle connections.
+//!
+//! ```text
+//! → {"type":"subscribe","ref":"1","rooms":["a"],"since":"a=4"}
+//! ← {"type":"ack","ref":"1","ok":true,"cursor":"a=4"}
+//! ← {"v":1,"type":"item.put","room":"a","seq":5,…}
+//! ```
+
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::Value;
+use tidewire_protocol::{ClientFrame, Cursor, ErrorCode, ProtocolError, RawAppEvent, ServerFrame};
+
+use super::queue::Outbound;
+use super::Session;
+use crate::identity::{authorize, Access, ClientIdentity};
+use crate::store::{WriteOp, WriteRequest};
+use crate::{metrics, AppState, Error, Result};
+
+/// Query parameters of `/v1/ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsQuery {
+    client_id: Option<String>,
+}
+
+/// The WebSocket handler.
+pub async fn handler(
+    ws: WebSocketUpgrade,
+    State(state): State<AppState>,
+    identity: ClientIdentity,
+    query: std::result::Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let session = Session::open(state.clone(), identity, "ws", q.client_id)?;
+    let max = state.config.max_body_bytes;
+    Ok(ws
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            run(socket, session).await;
+        }))
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+struct Conn {
+    session: Session,
+    sink: Sink,
+    fed: u64,
+    bytes: u64,
+}
+
+impl Conn {
+    async fn feed(&mut self, text: Utf8Bytes) -> bool {
+        self.bytes += text.len() as u64;
+        self.fed += 1;
+        self.sink.feed(Message::Text(text)).await.is_ok()
+    }
+
+    async fn feed_frame(&mut self, frame: ServerFrame) -> bool {
+        self.feed(frame.encode().into()).await
+    }
+
+    async fn flush(&mut self) -> bool {
+        metrics::sent("ws", self.fed, self.bytes);
+        self.fed = 0;
+        self.bytes = 0;
+        self.sink.flush().await.is_ok()
+    }
+
+    async fn feed_items(&mut self, items: Vec<Outbound>) -> Result<bool> {
+        for item in items {
+            for ready in self.session.admit(item).await? {
+                if !self.feed(ready.payload).await {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn close(&mut self, code: ErrorCode, reason: &str) {
+        let _ = self
+            .sink
+            .send(Message::Close(Some(CloseFrame {
+                code: code.number(),
+                reason: reason.into(),
+            })))
+            .await;
+    }
+}
+
+async fn run(socket: WebSocket, session: Session) {
+    let (sink, mut stream) = socket.split();
+    let state = session.state.clone();
+    let mut conn = Conn {
+        session,
+        sink,
+        fed: 0,
+        bytes: 0,
+    };
+    let draining = state.shutdown.draining();
+    tokio::pin!(draining);
+    let mut ping = tokio::time::interval(state.config.heartbeat());
+    ping.tick().await;
+    let idle = state.config.idle_timeout();
+    let mut last_seen = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut draining => {
+                let env = state.shutdown.reconnect_envelope();
+                let _ = conn.feed(env.into()).await;
+                let _ = conn.flush().await;
+                conn.close(ErrorCode::ShuttingDown, "shutting_down").await;
+                return;
+            }
+            msg = stream.next() => {
+                last_seen = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        match handle_frame(&mut conn, text.as_str()).await {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            Err(err) => {
+                                tracing::warn!(%err, "websocket frame failed");
+                                conn.close(err.code(), "internal").await;
+                                return;
+                            }
+                        }
+                        if !conn.flush().await { return; }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let frame = ServerFrame::Error {
+                            r#ref: None,
+                            code: ErrorCode::BadRequest,
+                            message: "binary frames are not supported; send JSON text".into(),
+                        };
+                        if !conn.feed_frame(frame).await || !conn.flush().await { return; }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => conn.session.touch().await,
+                    Some(Ok(Message::Close(_))) | None => return,
+                    Some(Err(err)) => {
+                        let too_big = std::error::Error::source(&err)
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| err.to_string());
+                        if too_big.contains("too long") || too_big.contains("Space limit")
+                            || too_big.contains("capacity") || too_big.contains("Capacity") {
+                            let _ = conn.sink.send(Message::Close(Some(CloseFrame {
+                                code: 1009,
+                                reason: "message too big".into(),
+                            }))).await;
+                        }
+                        return;
+                    }
+                }
+            }
+            item = conn.session.inbox.recv() => {
+                let Some(item) = item else {
+                    if conn.session.inbox.is_slow() {
+                        metrics::slow_consumer("ws");
+                        conn.close(ErrorCode::SlowConsumer, "slow_consumer").await;
+                    }
+                    return;
+                };
+                let mut batch = vec![item];
+                while batch.len() < 512 {
+                    match conn.session.inbox.try_recv() {
+                        Some(more) => batch.push(more),
+                        None => break,
+                    }
+                }
+                match conn.feed_items(batch).await {
+                    Ok(true) => {}
+                    _ => return,
+                }
+                if !conn.flush().await { return; }
+            }
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= idle {
+                    conn.close(ErrorCode::IdleTimeout, "idle_timeout").await;
+                    return;
+                }
+                if conn.sink.send(Message::Ping(Default::default())).await.is_err() { return; }
+            }
+        }
+    }
+}
+
+fn reference_of(text: &str) -> Option<String> {
+    serde_json::from_str::<Value>(text)
+        .ok()?
+        .get("ref")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Handles one client frame; `Ok(false)` when the socket is gone.
+async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
+    conn.session.touch().await;
+    let state = conn.session.state.clone();
+    let frame = match ClientFrame::decode_limited(
+        text,
+        state.config.max_body_bytes,
+        state.config.max_rooms_per_connection,
+    ) {
+        Ok(f) => f,
+        Err(err) => {
+            let frame = ServerFrame::Error {
+                r#ref: reference_of(text),
+                code: err.code(),
+                message: err.to_string(),
+            };
+            return Ok(conn.feed_frame(frame).await);
+        }
+    };
+    let r#ref = frame.reference().map(str::to_owned);
+    let ack = |result: std::result::Result<Option<tidewire_protocol::Envelope>, Error>| {
+        ServerFrame::Ack {
+            r#ref: r#ref.clone(),
+            result: result.map_err(|e| e.ack_error()),
+            cursor: None,
+        }
+    };
+    match frame {
+        ClientFrame::Subscribe {
+            rooms,
+            since,
+            presence,
+            ..
+        } => {
+            let since: Cursor = since.as_deref().unwrap_or("").parse()?;
+            let first = match conn.session.follow(&rooms, &since, presence).await {
+                Ok(first) => first,
+                Err(err) => return Ok(conn.feed_frame(ack(Err(err))).await),
+            };
+            let mut started = Cursor::new();
+            for room in &rooms {
+                if let Some(seq) = conn.session.cursor.get(room) {
+                    started.set(room, seq);
+                }
+            }
+            let frame = ServerFrame::Ack {
+                r#ref: r#ref.clone(),
+                result: Ok(None),
+                cursor: Some(started.to_string()),
+            };
+            if !conn.feed_frame(frame).await || !conn.feed_items(first).await? {
+                return Ok(false);
+            }
+            while let Some(page) = conn.session.replay_next().await? {
+                if !conn.feed_items(page).await? || !conn.flush().await {
+                    return Ok(false);
+                }
+            }
+            if presence {
+                let states = conn.session.presence_states(&rooms).await?;
+                return conn.feed_items(states).await;
+            }
+            Ok(true)
+        }
+        ClientFrame::Unsubscribe { rooms, .. } => {
+            conn.session.unfollow(&rooms).await;
+            if r#ref.is_some() {
+                return Ok(conn.feed_frame(ack(Ok(None))).await);
+            }
+            Ok(true)
+        }
+        ClientFrame::Put {
+            room,
+            id,
+            value,
+            key,
+            if_match,
+            ..
+        } => {
+            let size = value.to_string().len();
+            let result = if size > state.config.max_item_bytes {
+                Err(Error::PayloadTooLarge {
+                    size,
+                    limit: state.config.max_item_bytes,
+                })
+            } else {
+                write(conn, room, WriteOp::Put { id, value }, key, if_match).await
+            };
+            Ok(conn.feed_frame(ack(result)).await)
+        }
+        ClientFrame::Delete {
+            room,
+            id,
+            key,
+            if_match,
+            ..
+        } => {
+            let result = write(conn, room, WriteOp::Delete { id }, key, if_match).await;
+            Ok(conn.feed_frame(ack(result)).await)
+        }
+        ClientFrame::Publish {
+            room, event, key, ..
+        } => {
+            let result = write(
+                conn,
+                room,
+                WriteOp::Publish(RawAppEvent {
+                    event_type: event.event_type,
+                    data: event.data,
+                }),
+                key,
+                None,
+            )
+            .await;
+            Ok(conn.feed_frame(ack(result)).await)
+        }
+        ClientFrame::Broadcast {
+            room, event, data, ..
+        } => {
+            let result = async {
+                authorize(&conn.session.identity, &room, Access::Write)?;
+                if event.is_empty() || event.len() > 64 {
+                    return Err(Error::BadRequest(
+                        "broadcast `event` must be 1 to 64 characters".into(),
+                    ));
+                }
+                state
+                    .service
+                    .broadcast(
+                        &room,
+                        &conn.session.id,
+                        &conn.session.client_id,
+                        event,
+                        data,
+                    )
+                    .await
+            }
+            .await;
+            if r#ref.is_some() || result.is_err() {
+                return Ok(conn.feed_frame(ack(result.map(|()| None))).await);
+            }
+            Ok(true)
+        }
+        ClientFrame::Presence { room, meta, .. } => {
+            let result = conn.session.join_presence(&room, meta).await;
+            if r#ref.is_some() || result.is_err() {
+                return Ok(conn.feed_frame(ack(result.map(|()| None))).await);
+            }
+            Ok(true)
+        }
+        ClientFrame::Ping { .. } => Ok(conn.feed_frame(ServerFrame::Pong { r#ref }).await),
+        ClientFrame::Auth { .. } => Ok(conn.feed_frame(ack(Ok(None))).await),
+        _ => {
+            let err = ProtocolError::UnknownFrameType("unsupported".into());
+            Ok(conn
+                .feed_frame(ServerFrame::Error {
+                    r#ref,
+                    code: err.code(),
+                    message: err.to_string(),
+                })
+                .await)
+        }
+    }
+}
+
+async fn write(
+    conn: &Conn,
+    room: String,
+    op: WriteOp,
+    key: Option<String>,
+    if_match: Option<u64>,
+) -> Result<Option<tidewire_protocol::Envelope>> {
+    let state = &conn.session.state;
+    authorize(&conn.session.identity, &room, Access::Write)?;
+    state.limits.check_write(&conn.session.identity.key)?;
+    let written = state
+        .service
+        .write(WriteRequest {
+            room,
+            op,
+            key,
+            if_match,
+        })
+        .await?;
+    Ok(Some(written.envelope))
+}
