@@ -265,6 +265,10 @@ fn random_id() -> String {
     format!("c{a:08x}{b:08x}")
 }
 
+fn warn(text: &str) {
+    web_sys::console::warn_1(&text.into());
+}
+
 fn clamp_ms(v: u64) -> u32 {
     v.min(u32::MAX as u64) as u32
 }
@@ -936,12 +940,15 @@ async fn connect(
                         }
                     }
                 }
-                TransportMsg::Ack { .. } | TransportMsg::Bad(_) => {}
-                TransportMsg::Closed { .. } => {
+                TransportMsg::Bad(why) => warn(&format!("tidewire: {why}")),
+                TransportMsg::Closed { reason, code } => {
+                    if code.is_some_and(|c| c >= 4500) {
+                        warn(&format!("tidewire: {reason}"));
+                    }
                     break End::Lost {
                         opened_for: opened_at.map(|t| now - t),
                         stalled: false,
-                    }
+                    };
                 }
                 TransportMsg::Stalled => {
                     break End::Lost {

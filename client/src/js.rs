@@ -103,26 +103,37 @@ export interface TidewireError extends Error {
 
 #[wasm_bindgen]
 extern "C" {
+    /// The options object.
     #[wasm_bindgen(typescript_type = "ClientOptions")]
     pub type ClientOptionsArg;
+    /// A state object.
     #[wasm_bindgen(typescript_type = "ConnectionState")]
     pub type ConnectionStateValue;
+    /// A state listener.
     #[wasm_bindgen(typescript_type = "(state: ConnectionState) => void")]
     pub type StateCallback;
+    /// A room update listener.
     #[wasm_bindgen(typescript_type = "(update: RoomUpdate) => void")]
     pub type UpdateCallback;
+    /// A rollback listener.
     #[wasm_bindgen(typescript_type = "(rollback: RollbackInfo) => void")]
     pub type RollbackCallback;
+    /// A presence listener.
     #[wasm_bindgen(typescript_type = "(update: PresenceUpdate) => void")]
     pub type PresenceCallback;
+    /// A broadcast listener.
     #[wasm_bindgen(typescript_type = "(message: BroadcastMessage) => void")]
     pub type BroadcastCallback;
+    /// An array of items.
     #[wasm_bindgen(typescript_type = "RoomItem[]")]
     pub type RoomItems;
+    /// An array of presence members.
     #[wasm_bindgen(typescript_type = "PresenceMember[]")]
     pub type Members;
+    /// Write options.
     #[wasm_bindgen(typescript_type = "WriteOptions | undefined")]
     pub type WriteOptionsArg;
+    /// A promise of the server's event.
     #[wasm_bindgen(typescript_type = "Promise<TidewireEvent>")]
     pub type EventPromise;
 }

@@ -179,13 +179,14 @@ impl RoomState {
             return out;
         }
         if !self.synced || seq > self.seq + 1 {
-            if self.buffer.contains_key(&seq) {
-                out.duplicate = true;
-            } else {
-                self.buffer.insert(seq, env);
-                out.buffered = true;
-                if self.synced && self.gap_since_ms.is_none() {
-                    self.gap_since_ms = Some(now_ms);
+            match self.buffer.entry(seq) {
+                std::collections::btree_map::Entry::Occupied(_) => out.duplicate = true,
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(env);
+                    out.buffered = true;
+                    if self.synced && self.gap_since_ms.is_none() {
+                        self.gap_since_ms = Some(now_ms);
+                    }
                 }
             }
             return out;

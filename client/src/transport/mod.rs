@@ -20,7 +20,7 @@ pub(crate) use poll::PollLoop;
 pub(crate) use sse::SseTransport;
 pub(crate) use ws::WsTransport;
 
-use tidewire_protocol::{AckError, Envelope, Snapshot};
+use tidewire_protocol::{Envelope, Snapshot};
 
 /// What a transport reports.
 #[derive(Debug)]
@@ -29,13 +29,6 @@ pub(crate) enum TransportMsg {
     Opened,
     /// An event arrived.
     Envelope(Envelope),
-    /// A WebSocket reply.
-    Ack {
-        /// The request's `ref`.
-        r#ref: Option<String>,
-        /// Its outcome.
-        result: Result<Option<Envelope>, AckError>,
-    },
     /// A polled snapshot.
     Snapshot(Snapshot),
     /// Something arrived that breaks the protocol; the transport keeps running.
@@ -54,7 +47,8 @@ pub(crate) enum TransportMsg {
 /// Where a transport reports to.
 pub(crate) type Sink = Rc<dyn Fn(TransportMsg)>;
 
-/// The live transport of a client.
+/// The live transport of a client (each is held for its `Drop`, which closes it).
+#[allow(dead_code)]
 pub(crate) enum Active {
     Sse(SseTransport),
     Ws(WsTransport),
