@@ -130,6 +130,33 @@ impl Inbox {
     pub fn is_slow(&self) -> bool {
         self.state.slow.load(Ordering::Relaxed)
     }
+
+    /// Resolves once the connection is marked slow (to abandon a write that blocks on a
+    /// client that does not read).
+    pub async fn wait_slow(&self) {
+        while !self.is_slow() {
+            self.state.notify.notified().await;
+        }
+    }
+
+    /// A handle that resolves once the connection is marked slow, usable while the inbox
+    /// itself is borrowed.
+    pub fn slow_signal(&self) -> SlowSignal {
+        SlowSignal(self.state.clone())
+    }
+}
+
+/// See [`Inbox::slow_signal`].
+#[derive(Debug, Clone)]
+pub struct SlowSignal(Arc<State>);
+
+impl SlowSignal {
+    /// Resolves once the connection is marked slow.
+    pub async fn wait(&self) {
+        while !self.0.slow.load(Ordering::Relaxed) {
+            self.0.notify.notified().await;
+        }
+    }
 }
 
 #[cfg(test)]

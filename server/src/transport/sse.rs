@@ -26,6 +26,7 @@ use tidewire_protocol::{Cursor, ErrorCode};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::queue::Inbox;
 use super::{parse_rooms, Ready, Session};
 use crate::identity::ClientIdentity;
 use crate::{metrics, AppState, Error, Result};
@@ -102,15 +103,33 @@ pub async fn handler(
 
 type Tx = mpsc::Sender<std::result::Result<Bytes, Infallible>>;
 
-/// Sends a chunk; false when the client is gone or does not read for too long.
-async fn send(tx: &Tx, buf: Vec<u8>, patience: Duration) -> bool {
+/// Sends a chunk; false when the client is gone, does not read for too long, or fell so far
+/// behind that its queue overflowed meanwhile.
+async fn send(tx: &Tx, inbox: &Inbox, buf: Vec<u8>, patience: Duration) -> bool {
     let n = buf.len() as u64;
-    match tokio::time::timeout(patience, tx.send(Ok(Bytes::from(buf)))).await {
-        Ok(Ok(())) => {
-            metrics::sent("sse", 0, n);
-            true
-        }
-        _ => false,
+    tokio::select! {
+        sent = tokio::time::timeout(patience, tx.send(Ok(Bytes::from(buf)))) => match sent {
+            Ok(Ok(())) => {
+                metrics::sent("sse", 0, n);
+                true
+            }
+            _ => false,
+        },
+        _ = inbox.wait_slow() => false,
+    }
+}
+
+/// Ends a stream: a slow consumer gets an `error` event when there is room for it.
+fn finish(session: &Session, tx: &Tx) {
+    if session.inbox.is_slow() {
+        metrics::slow_consumer("sse");
+        let mut buf = Vec::new();
+        let msg = Session::error_message(
+            ErrorCode::SlowConsumer,
+            "the connection fell behind; resume from the last id",
+        );
+        push_ready(&mut buf, &Ready { payload: msg, id: None });
+        let _ = tx.try_send(Ok(Bytes::from(buf)));
     }
 }
 
@@ -125,7 +144,7 @@ async fn run(
     let patience = state.config.idle_timeout();
     let draining = state.shutdown.draining();
     tokio::pin!(draining);
-    if !send(&tx, head, patience).await {
+    if !send(&tx, &session.inbox, head, patience).await {
         return Ok(());
     }
     // Replay from the log; live events queue meanwhile and are deduplicated after.
@@ -139,7 +158,8 @@ async fn run(
             }
         }
         metrics::sent("sse", events, 0);
-        if !send(&tx, buf, patience).await {
+        if !send(&tx, &session.inbox, buf, patience).await {
+            finish(&session, &tx);
             return Ok(());
         }
     }
@@ -150,7 +170,8 @@ async fn run(
                 push_ready(&mut buf, &ready);
             }
         }
-        if !send(&tx, buf, patience).await {
+        if !send(&tx, &session.inbox, buf, patience).await {
+            finish(&session, &tx);
             return Ok(());
         }
     }
@@ -162,19 +183,12 @@ async fn run(
             _ = &mut draining => {
                 let mut buf = Vec::new();
                 push_ready(&mut buf, &Ready { payload: state.shutdown.reconnect_envelope().into(), id: None });
-                let _ = send(&tx, buf, Duration::from_millis(500)).await;
+                let _ = send(&tx, &session.inbox, buf, Duration::from_millis(500)).await;
                 return Ok(());
             }
             item = session.inbox.recv() => {
                 let Some(item) = item else {
-                    if session.inbox.is_slow() {
-                        metrics::slow_consumer("sse");
-                        let mut buf = Vec::new();
-                        let msg = Session::error_message(ErrorCode::SlowConsumer,
-                            "the connection fell behind; resume from the last id");
-                        push_ready(&mut buf, &Ready { payload: msg, id: None });
-                        let _ = tx.try_send(Ok(Bytes::from(buf)));
-                    }
+                    finish(&session, &tx);
                     return Ok(());
                 };
                 let mut buf = Vec::new();
@@ -194,13 +208,14 @@ async fn run(
                     continue;
                 }
                 metrics::sent("sse", events, 0);
-                if !send(&tx, buf, patience).await {
+                if !send(&tx, &session.inbox, buf, patience).await {
+                    finish(&session, &tx);
                     return Ok(());
                 }
                 heartbeat.reset();
             }
             _ = heartbeat.tick() => {
-                if !send(&tx, b": hb\n\n".to_vec(), patience).await {
+                if !send(&tx, &session.inbox, b": hb\n\n".to_vec(), patience).await {
                     return Ok(());
                 }
             }

@@ -9,7 +9,7 @@
 //! ← {"v":1,"type":"item.put","room":"a","seq":5,…}
 //! ```
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -72,11 +72,17 @@ impl Conn {
         self.feed(frame.encode().into()).await
     }
 
+    /// Writes everything fed; false when the client is gone, does not read within the idle
+    /// timeout, or fell behind (its queue overflowed) meanwhile.
     async fn flush(&mut self) -> bool {
         metrics::sent("ws", self.fed, self.bytes);
         self.fed = 0;
         self.bytes = 0;
-        self.sink.flush().await.is_ok()
+        let patience = self.session.state.config.idle_timeout();
+        tokio::select! {
+            r = tokio::time::timeout(patience, self.sink.flush()) => matches!(r, Ok(Ok(()))),
+            _ = self.session.inbox.wait_slow() => false,
+        }
     }
 
     async fn feed_items(&mut self, items: Vec<Outbound>) -> Result<bool> {
@@ -91,13 +97,19 @@ impl Conn {
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
-        let _ = self
-            .sink
-            .send(Message::Close(Some(CloseFrame {
-                code: code.number(),
-                reason: reason.into(),
-            })))
-            .await;
+        let frame = Message::Close(Some(CloseFrame {
+            code: code.number(),
+            reason: reason.into(),
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.send(frame)).await;
+    }
+
+    /// Closes a connection that stopped: a slow consumer with 4002.
+    async fn end(&mut self) {
+        if self.session.inbox.is_slow() {
+            metrics::slow_consumer("ws");
+            self.close(ErrorCode::SlowConsumer, "slow_consumer").await;
+        }
     }
 }
 
@@ -139,7 +151,7 @@ async fn run(socket: WebSocket, session: Session) {
                                 return;
                             }
                         }
-                        if !conn.flush().await { return; }
+                        if !conn.flush().await { return conn.end().await; }
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let frame = ServerFrame::Error {
@@ -168,10 +180,7 @@ async fn run(socket: WebSocket, session: Session) {
             }
             item = conn.session.inbox.recv() => {
                 let Some(item) = item else {
-                    if conn.session.inbox.is_slow() {
-                        metrics::slow_consumer("ws");
-                        conn.close(ErrorCode::SlowConsumer, "slow_consumer").await;
-                    }
+                    conn.end().await;
                     return;
                 };
                 let mut batch = vec![item];
@@ -181,11 +190,12 @@ async fn run(socket: WebSocket, session: Session) {
                         None => break,
                     }
                 }
-                match conn.feed_items(batch).await {
-                    Ok(true) => {}
-                    _ => return,
-                }
-                if !conn.flush().await { return; }
+                let slow = conn.session.inbox.slow_signal();
+                let done = tokio::select! {
+                    r = async { Ok::<bool, Error>(conn.feed_items(batch).await? && conn.flush().await) } => r.unwrap_or(false),
+                    _ = slow.wait() => false,
+                };
+                if !done { return conn.end().await; }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() >= idle {
