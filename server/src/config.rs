@@ -17,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// The `tidewire` command line.
 #[derive(Debug, Parser)]
-#[command(name = "tidewire", version, about = "Tidewire: a real-time backend in one binary")]
+#[command(
+    name = "tidewire",
+    version,
+    about = "Tidewire: a real-time backend in one binary"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -38,7 +42,11 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Database URL: `sqlite://path`, `sqlite::memory:` (`postgres://` is not supported yet).
-    #[arg(long, env = "TIDEWIRE_DATABASE", default_value = "sqlite://tidewire.db")]
+    #[arg(
+        long,
+        env = "TIDEWIRE_DATABASE",
+        default_value = "sqlite://tidewire.db"
+    )]
     pub database: String,
     /// Redis URL for several nodes (not supported yet).
     #[arg(long, env = "TIDEWIRE_REDIS")]
@@ -89,7 +97,11 @@ pub struct Config {
     #[arg(long, env = "TIDEWIRE_MAX_ROOMS_PER_CONNECTION", default_value_t = 64)]
     pub max_rooms_per_connection: usize,
     /// Concurrent streaming connections per client key.
-    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "TIDEWIRE_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
     pub max_connections_per_client: usize,
     /// Sustained writes per second per client key.
     #[arg(long, env = "TIDEWIRE_WRITE_RATE", default_value_t = 50)]

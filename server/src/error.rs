@@ -141,7 +141,10 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        if matches!(self, Error::Store(_) | Error::Internal(_) | Error::Config(_)) {
+        if matches!(
+            self,
+            Error::Store(_) | Error::Internal(_) | Error::Config(_)
+        ) {
             tracing::error!(error = %self, "request failed");
         }
         let problem = self.problem();

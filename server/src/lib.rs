@@ -163,7 +163,7 @@ fn spawn_maintenance(shared: std::sync::Weak<Shared>) {
                 tracing::warn!(%err, "presence reaper");
             }
             // Retention by age, once a minute (and at start).
-            if ticks % 240 == 0 {
+            if ticks.is_multiple_of(240) {
                 let cutoff = store::now()
                     .1
                     .saturating_sub((s.config.retention_secs as i64).saturating_mul(1000));

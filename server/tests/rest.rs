@@ -9,8 +9,10 @@ use tidewire_server::{Config, Server};
 use tower::ServiceExt;
 
 async fn app_with(f: impl FnOnce(&mut Config)) -> Router {
-    let mut config = Config::default();
-    config.database = "sqlite::memory:".into();
+    let mut config = Config {
+        database: "sqlite::memory:".into(),
+        ..Config::default()
+    };
     f(&mut config);
     Server::new(config).await.unwrap().router()
 }
@@ -25,7 +27,13 @@ struct Res {
     body: Value,
 }
 
-async fn call(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Res {
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Res {
     let mut req = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -37,10 +45,11 @@ async fn call(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)],
         .unwrap();
     let status = res.status();
     let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 16 << 20).await.unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(
-        String::from_utf8_lossy(&bytes).into_owned(),
-    ));
+    let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Res {
         status,
         headers,
@@ -53,7 +62,8 @@ fn assert_problem(res: &Res, status: u16, code: &str) {
     assert_eq!(res.body["code"], code, "{:?}", res.body);
     assert_eq!(res.body["status"], status);
     assert_eq!(
-        res.headers[header::CONTENT_TYPE], "application/problem+json",
+        res.headers[header::CONTENT_TYPE],
+        "application/problem+json",
         "{code}"
     );
 }
@@ -61,34 +71,119 @@ fn assert_problem(res: &Res, status: u16, code: &str) {
 #[tokio::test]
 async fn bad_inputs_get_stable_problem_codes() {
     let app = app_with(|c| c.max_body_bytes = 4096).await;
-    let put = |uri: &'static str, headers: &'static [(&'static str, &'static str)], body: &'static str| {
+    let put = |uri: &'static str,
+               headers: &'static [(&'static str, &'static str)],
+               body: &'static str| {
         let app = app.clone();
         async move { call(&app, Method::PUT, uri, headers, body).await }
     };
-    assert_problem(&put("/v1/rooms/bad%20room/items/x", &[], "1").await, 400, "bad_room_name");
-    assert_problem(&put("/v1/rooms/r/items/bad%2Fid", &[], "1").await, 400, "bad_item_id");
-    assert_problem(&put("/v1/rooms/r/items/x", &[], "{not json").await, 400, "bad_json");
-    assert_problem(&put("/v1/rooms/r/items/x", &[("if-match", "abc")], "1").await, 400, "bad_request");
-    assert_problem(&put("/v1/rooms/r/items/x", &[("idempotency-key", "has space")], "1").await, 400, "bad_idempotency_key");
-    let big = format!("\"{}\"", "x".repeat(10_000));
-    assert_problem(&call(&app, Method::PUT, "/v1/rooms/r/items/x", &[], &big).await, 413, "payload_too_large");
     assert_problem(
-        &call(&app, Method::POST, "/v1/rooms/r/events", &[], r#"{"type":"item.put","data":1}"#).await,
+        &put("/v1/rooms/bad%20room/items/x", &[], "1").await,
+        400,
+        "bad_room_name",
+    );
+    assert_problem(
+        &put("/v1/rooms/r/items/bad%2Fid", &[], "1").await,
+        400,
+        "bad_item_id",
+    );
+    assert_problem(
+        &put("/v1/rooms/r/items/x", &[], "{not json").await,
+        400,
+        "bad_json",
+    );
+    assert_problem(
+        &put("/v1/rooms/r/items/x", &[("if-match", "abc")], "1").await,
+        400,
+        "bad_request",
+    );
+    assert_problem(
+        &put(
+            "/v1/rooms/r/items/x",
+            &[("idempotency-key", "has space")],
+            "1",
+        )
+        .await,
+        400,
+        "bad_idempotency_key",
+    );
+    let big = format!("\"{}\"", "x".repeat(10_000));
+    assert_problem(
+        &call(&app, Method::PUT, "/v1/rooms/r/items/x", &[], &big).await,
+        413,
+        "payload_too_large",
+    );
+    assert_problem(
+        &call(
+            &app,
+            Method::POST,
+            "/v1/rooms/r/events",
+            &[],
+            r#"{"type":"item.put","data":1}"#,
+        )
+        .await,
         400,
         "bad_event_type",
     );
-    assert_problem(&call(&app, Method::POST, "/v1/rooms/r/events", &[], r#"{"data":1}"#).await, 400, "bad_json");
-    assert_problem(&call(&app, Method::DELETE, "/v1/rooms/r/items/never", &[], "").await, 404, "not_found");
-    assert_problem(&call(&app, Method::GET, "/v1/rooms/r/events?after=x", &[], "").await, 400, "bad_request");
-    assert_problem(&call(&app, Method::GET, "/v1/rooms/r/events?limit=5000", &[], "").await, 400, "bad_request");
-    assert_problem(&call(&app, Method::GET, "/v1/nothing-here", &[], "").await, 404, "not_found");
-    assert_problem(&call(&app, Method::PATCH, "/v1/rooms/r/snapshot", &[], "").await, 405, "method_not_allowed");
-    assert_problem(&call(&app, Method::GET, "/v1/sse", &[], "").await, 400, "bad_request");
-    assert_problem(&call(&app, Method::GET, "/v1/sse?rooms=a&since=a%3D01", &[], "").await, 400, "bad_cursor");
-    assert_problem(&call(&app, Method::GET, "/v1/poll?rooms=a&wait=99", &[], "").await, 400, "bad_request");
+    assert_problem(
+        &call(
+            &app,
+            Method::POST,
+            "/v1/rooms/r/events",
+            &[],
+            r#"{"data":1}"#,
+        )
+        .await,
+        400,
+        "bad_json",
+    );
+    assert_problem(
+        &call(&app, Method::DELETE, "/v1/rooms/r/items/never", &[], "").await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/rooms/r/events?after=x", &[], "").await,
+        400,
+        "bad_request",
+    );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/rooms/r/events?limit=5000", &[], "").await,
+        400,
+        "bad_request",
+    );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/nothing-here", &[], "").await,
+        404,
+        "not_found",
+    );
+    assert_problem(
+        &call(&app, Method::PATCH, "/v1/rooms/r/snapshot", &[], "").await,
+        405,
+        "method_not_allowed",
+    );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/sse", &[], "").await,
+        400,
+        "bad_request",
+    );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/sse?rooms=a&since=a%3D01", &[], "").await,
+        400,
+        "bad_cursor",
+    );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/poll?rooms=a&wait=99", &[], "").await,
+        400,
+        "bad_request",
+    );
     let many: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
     let uri = format!("/v1/sse?rooms={}", many.join(","));
-    assert_problem(&call(&app, Method::GET, &uri, &[], "").await, 400, "too_many_rooms");
+    assert_problem(
+        &call(&app, Method::GET, &uri, &[], "").await,
+        400,
+        "too_many_rooms",
+    );
 }
 
 #[tokio::test]
@@ -108,7 +203,10 @@ async fn writes_answer_their_envelope_and_keys_replay() {
     assert_eq!(first.headers[header::ETAG], "\"1\"");
     assert_eq!(first.body["seq"], 1);
     assert_eq!(first.body["key"], "k-1");
-    assert_eq!(first.body["data"], json!({"id":"x","value":{"n":1},"version":1}));
+    assert_eq!(
+        first.body["data"],
+        json!({"id":"x","value":{"n":1},"version":1})
+    );
     assert!(first.headers.get("idempotency-replayed").is_none());
 
     let again = call(&app, Method::PUT, "/v1/rooms/r/items/x", &h, r#"{"n":1}"#).await;
@@ -131,9 +229,23 @@ async fn if_match_conflicts_carry_the_current_item() {
     let app = app().await;
     call(&app, Method::PUT, "/v1/rooms/r/items/x", &[], "1").await;
     for good in ["\"1\"", "1", "W/\"1\""] {
-        let res = call(&app, Method::PUT, "/v1/rooms/r/items/y", &[("if-match", "0")], "1").await;
+        let res = call(
+            &app,
+            Method::PUT,
+            "/v1/rooms/r/items/y",
+            &[("if-match", "0")],
+            "1",
+        )
+        .await;
         let _ = res;
-        let probe = call(&app, Method::PUT, "/v1/rooms/r/items/x", &[("if-match", good)], "1").await;
+        let probe = call(
+            &app,
+            Method::PUT,
+            "/v1/rooms/r/items/x",
+            &[("if-match", good)],
+            "1",
+        )
+        .await;
         // Only the first matches; afterwards the version moved on.
         if probe.status == StatusCode::OK {
             assert_eq!(probe.body["data"]["version"], 2);
@@ -141,14 +253,35 @@ async fn if_match_conflicts_carry_the_current_item() {
             assert_problem(&probe, 409, "version_conflict");
         }
     }
-    let res = call(&app, Method::PUT, "/v1/rooms/r/items/x", &[("if-match", "\"1\"")], "5").await;
+    let res = call(
+        &app,
+        Method::PUT,
+        "/v1/rooms/r/items/x",
+        &[("if-match", "\"1\"")],
+        "5",
+    )
+    .await;
     assert_problem(&res, 409, "version_conflict");
     assert_eq!(res.body["current"]["version"], 2);
     assert_eq!(res.body["current"]["id"], "x");
-    let res = call(&app, Method::PUT, "/v1/rooms/r/items/new", &[("if-match", "3")], "5").await;
+    let res = call(
+        &app,
+        Method::PUT,
+        "/v1/rooms/r/items/new",
+        &[("if-match", "3")],
+        "5",
+    )
+    .await;
     assert_problem(&res, 409, "version_conflict");
     assert!(res.body.get("current").is_none());
-    let del = call(&app, Method::DELETE, "/v1/rooms/r/items/x", &[("if-match", "2")], "").await;
+    let del = call(
+        &app,
+        Method::DELETE,
+        "/v1/rooms/r/items/x",
+        &[("if-match", "2")],
+        "",
+    )
+    .await;
     assert_eq!(del.status, StatusCode::OK);
     assert_eq!(del.body["type"], "item.deleted");
     assert_eq!(del.headers[header::ETAG], "\"3\"");
@@ -166,12 +299,22 @@ async fn history_reads_after_and_reports_trimming() {
     let res = call(&app, Method::GET, "/v1/rooms/h/events?after=4", &[], "").await;
     assert_eq!(res.body.as_array().unwrap().len(), 2);
     assert_eq!(res.body[0]["seq"], 5);
-    let res = call(&app, Method::GET, "/v1/rooms/h/events?after=3&limit=1", &[], "").await;
+    let res = call(
+        &app,
+        Method::GET,
+        "/v1/rooms/h/events?after=3&limit=1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(res.body.as_array().unwrap().len(), 1);
     let res = call(&app, Method::GET, "/v1/rooms/h/events?after=1", &[], "").await;
     assert_problem(&res, 410, "history_trimmed");
     let res = call(&app, Method::GET, "/v1/rooms/h/events", &[], "").await;
-    assert_eq!(res.body[0]["seq"], 4, "after=0 reads from the retained start");
+    assert_eq!(
+        res.body[0]["seq"], 4,
+        "after=0 reads from the retained start"
+    );
 }
 
 #[tokio::test]
@@ -216,12 +359,32 @@ async fn cors_preflight_allows_the_sdk_headers() {
         .to_str()
         .unwrap()
         .to_ascii_lowercase();
-    for h in ["idempotency-key", "if-match", "last-event-id", "authorization", "content-type"] {
+    for h in [
+        "idempotency-key",
+        "if-match",
+        "last-event-id",
+        "authorization",
+        "content-type",
+    ] {
         assert!(allowed.contains(h), "{allowed}");
     }
-    let res = call(&app, Method::GET, "/healthz", &[("origin", "http://other.test")], "").await;
-    let exposed = res.headers["access-control-expose-headers"].to_str().unwrap().to_owned();
-    assert!(exposed.contains("etag") && exposed.contains("idempotency-replayed") && exposed.contains("retry-after"));
+    let res = call(
+        &app,
+        Method::GET,
+        "/healthz",
+        &[("origin", "http://other.test")],
+        "",
+    )
+    .await;
+    let exposed = res.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        exposed.contains("etag")
+            && exposed.contains("idempotency-replayed")
+            && exposed.contains("retry-after")
+    );
 }
 
 #[tokio::test]
@@ -239,13 +402,27 @@ async fn static_files_health_and_metrics() {
     .await;
     let res = call(&app, Method::GET, "/", &[], "").await;
     assert_eq!(res.status, StatusCode::OK);
-    assert!(res.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(res.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     let res = call(&app, Method::GET, "/pkg/tidewire_bg.wasm", &[], "").await;
     assert_eq!(res.headers[header::CONTENT_TYPE], "application/wasm");
     let res = call(&app, Method::GET, "/pkg/tidewire.js", &[], "").await;
-    assert!(res.headers[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
-    assert_eq!(call(&app, Method::GET, "/pkg/missing.js", &[], "").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(call(&app, Method::GET, "/healthz", &[], "").await.status, StatusCode::OK);
+    assert!(res.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .contains("javascript"));
+    assert_eq!(
+        call(&app, Method::GET, "/pkg/missing.js", &[], "")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
     call(&app, Method::PUT, "/v1/rooms/m/items/x", &[], "1").await;
     let metrics = call(&app, Method::GET, "/metrics", &[], "").await;
     let text = metrics.body.as_str().unwrap().to_owned();
@@ -258,21 +435,42 @@ async fn static_files_health_and_metrics() {
         c.pkg_dir = "/nonexistent/pkg".into();
     })
     .await;
-    assert_eq!(call(&app, Method::GET, "/", &[], "").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(call(&app, Method::GET, "/pkg/x.wasm", &[], "").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&app, Method::GET, "/", &[], "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, Method::GET, "/pkg/x.wasm", &[], "").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn unsupported_backends_fail_clearly() {
     for (f, what) in [
-        (Box::new(|c: &mut Config| c.database = "postgres://localhost/x".into()) as Box<dyn Fn(&mut Config)>, "PostgreSQL"),
-        (Box::new(|c: &mut Config| c.redis = Some("redis://localhost".into())), "Redis"),
-        (Box::new(|c: &mut Config| c.jwt_secret = Some("s".into())), "JWT"),
+        (
+            Box::new(|c: &mut Config| c.database = "postgres://localhost/x".into())
+                as Box<dyn Fn(&mut Config)>,
+            "PostgreSQL",
+        ),
+        (
+            Box::new(|c: &mut Config| c.redis = Some("redis://localhost".into())),
+            "Redis",
+        ),
+        (
+            Box::new(|c: &mut Config| c.jwt_secret = Some("s".into())),
+            "JWT",
+        ),
     ] {
-        let mut config = Config::default();
-        config.database = "sqlite::memory:".into();
+        let mut config = Config {
+            database: "sqlite::memory:".into(),
+            ..Config::default()
+        };
         f(&mut config);
         let err = Server::new(config).await.err().unwrap().to_string();
-        assert!(err.contains("not supported yet") && err.contains(what), "{err}");
+        assert!(
+            err.contains("not supported yet") && err.contains(what),
+            "{err}"
+        );
     }
 }

@@ -70,6 +70,10 @@ mod tests {
         bus.publish(BusMessage::durable("r", 4, "{}".into()))
             .await
             .unwrap();
-        assert_eq!(bus.subscribers.lock().unwrap().len(), 1, "closed ones are dropped");
+        assert_eq!(
+            bus.subscribers.lock().unwrap().len(),
+            1,
+            "closed ones are dropped"
+        );
     }
 }

@@ -154,7 +154,10 @@ mod tests {
     async fn leave_after_grace_and_meta_updates() {
         let p = MemoryPresence::new(Duration::from_millis(50), Duration::from_secs(60));
         p.join("r", "c1", member("ada", json!({}))).await.unwrap();
-        assert!(p.join("r", "c1", member("ada", json!({"n": 1}))).await.unwrap());
+        assert!(p
+            .join("r", "c1", member("ada", json!({"n": 1})))
+            .await
+            .unwrap());
         p.leave("r", "c1", "ada").await.unwrap();
         tokio::time::sleep(Duration::from_millis(80)).await;
         let gone = p.reap().await.unwrap();

@@ -84,11 +84,7 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>> {
 }
 
 fn write_response(written: Written) -> Response {
-    let mut res = (
-        [(header::CONTENT_TYPE, "application/json")],
-        written.json,
-    )
-        .into_response();
+    let mut res = ([(header::CONTENT_TYPE, "application/json")], written.json).into_response();
     let h = res.headers_mut();
     let version = match &written.envelope.event {
         Event::ItemPut(i) => Some(i.version),

@@ -108,9 +108,12 @@ impl SqliteStore {
             .await?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
             sqlx::raw_sql(*sql).execute(&mut *conn).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PRAGMA user_version = {}", i + 1)))
-                .execute(&mut *conn)
-                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {}",
+                i + 1
+            )))
+            .execute(&mut *conn)
+            .await?;
         }
         Ok(())
     }
@@ -122,7 +125,10 @@ impl SqliteStore {
 
 fn conflict(expected: u64, current: Option<Item>) -> Error {
     let detail = match &current {
-        Some(item) => format!("If-Match {expected} but the item is at version {}", item.version),
+        Some(item) => format!(
+            "If-Match {expected} but the item is at version {}",
+            item.version
+        ),
         None => format!("If-Match {expected} but the item does not exist"),
     };
     Error::VersionConflict { detail, current }
@@ -395,12 +401,10 @@ impl Store for SqliteStore {
         let _guard = self.write_lock.lock().await;
         let (_, now_ms) = now();
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
-            "SELECT room, MAX(seq) FROM events WHERE ts_ms < ? GROUP BY room",
-        )
-        .bind(cutoff_unix_ms)
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query("SELECT room, MAX(seq) FROM events WHERE ts_ms < ? GROUP BY room")
+            .bind(cutoff_unix_ms)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut removed = 0;
         for r in rows {
             let room: String = r.get(0);

@@ -70,7 +70,11 @@ pub async fn run_concurrent(store: Arc<dyn Store>) {
     for t in tasks {
         let w = t.await.expect("task").expect("write");
         let seq = w.envelope.seq;
-        assert_eq!(*first_seq.get_or_insert(seq), seq, "every retry answers one event");
+        assert_eq!(
+            *first_seq.get_or_insert(seq),
+            seq,
+            "every retry answers one event"
+        );
         replays += usize::from(w.replayed);
     }
     assert_eq!(replays, 49);
@@ -95,7 +99,10 @@ async fn contiguous_seq(store: &dyn Store) {
 
 async fn snapshot_matches_seq(store: &dyn Store) {
     store.write(put("snap", "a", json!(1))).await.unwrap();
-    store.write(put("snap", "b", json!({"x": true}))).await.unwrap();
+    store
+        .write(put("snap", "b", json!({"x": true})))
+        .await
+        .unwrap();
     store.write(put("snap", "a", json!(2))).await.unwrap();
     let s = store.snapshot("snap").await.unwrap();
     assert_eq!(s.seq, 3);
@@ -118,7 +125,11 @@ async fn idempotency(store: &dyn Store) {
         .unwrap();
     assert!(again.replayed);
     assert_eq!(again.json, first.json, "same response bytes");
-    assert_eq!(store.head("idem").await.unwrap(), 1, "nothing appended twice");
+    assert_eq!(
+        store.head("idem").await.unwrap(),
+        1,
+        "nothing appended twice"
+    );
     let err = store
         .write(put("idem", "a", json!(2)).key("k1"))
         .await
@@ -154,7 +165,11 @@ async fn if_match(store: &dyn Store) {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::VersionConflict { current: None, .. }));
-    assert_eq!(store.head("ifm").await.unwrap(), 1, "conflicts append nothing");
+    assert_eq!(
+        store.head("ifm").await.unwrap(),
+        1,
+        "conflicts append nothing"
+    );
     let ok = store
         .write(put("ifm", "a", json!(3)).if_match(1))
         .await
@@ -165,7 +180,10 @@ async fn if_match(store: &dyn Store) {
 async fn tombstones(store: &dyn Store) {
     store.write(put("tomb", "a", json!(1))).await.unwrap();
     let del = store
-        .write(WriteRequest::new("tomb", WriteOp::Delete { id: "a".into() }))
+        .write(WriteRequest::new(
+            "tomb",
+            WriteOp::Delete { id: "a".into() },
+        ))
         .await
         .unwrap();
     match del.envelope.event {
@@ -174,7 +192,10 @@ async fn tombstones(store: &dyn Store) {
     }
     assert!(store.snapshot("tomb").await.unwrap().items.is_empty());
     let err = store
-        .write(WriteRequest::new("tomb", WriteOp::Delete { id: "a".into() }))
+        .write(WriteRequest::new(
+            "tomb",
+            WriteOp::Delete { id: "a".into() },
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound(_)));
@@ -193,10 +214,19 @@ async fn retention_by_count(store: &dyn Store) {
     }
     // Keeps the last 5: seq 4..=8.
     let all = store.read("ret", 0, 100).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5, 6, 7, 8]);
-    assert!(store.read("ret", 3, 100).await.is_ok(), "3 + 1 is still held");
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [4, 5, 6, 7, 8]
+    );
+    assert!(
+        store.read("ret", 3, 100).await.is_ok(),
+        "3 + 1 is still held"
+    );
     let err = store.read("ret", 2, 100).await.unwrap_err();
-    assert!(matches!(err, Error::HistoryTrimmed { after: 2, head: 8 }), "{err}");
+    assert!(
+        matches!(err, Error::HistoryTrimmed { after: 2, head: 8 }),
+        "{err}"
+    );
     assert_eq!(store.head("ret").await.unwrap(), 8);
 }
 

@@ -9,12 +9,17 @@
 //! ```no_run
 //! # async fn f(mut session: tidewire_server::transport::Session) -> tidewire_server::Result<()> {
 //! let cursor: tidewire_protocol::Cursor = "board-1=42".parse()?;
-//! let mut out = session.follow(&["board-1".to_string()], &cursor, false).await?;
+//! let first = session.follow(&["board-1".to_string()], &cursor, false).await?;
+//! let mut ready = Vec::new();
+//! for item in first {
+//!     ready.extend(session.admit(item).await?); // resyncs
+//! }
 //! while let Some(page) = session.replay_next().await? {
 //!     for item in page {
-//!         out.extend(session.admit(item).await?);
+//!         ready.extend(session.admit(item).await?);
 //!     }
 //! }
+//! // then live: session.inbox.recv() → session.admit(item)
 //! # Ok(()) }
 //! ```
 
@@ -89,8 +94,9 @@ impl Session {
         let id: Arc<str> = ulid::Ulid::generate().to_string().into();
         let client_id = match client_id {
             Some(c) if !c.is_empty() => {
-                tidewire_protocol::validate_item_id(&c)
-                    .map_err(|_| Error::BadRequest("client_id: use 1 to 128 of A-Z a-z 0-9 _ . : -".into()))?;
+                tidewire_protocol::validate_item_id(&c).map_err(|_| {
+                    Error::BadRequest("client_id: use 1 to 128 of A-Z a-z 0-9 _ . : -".into())
+                })?;
                 c
             }
             _ => id.to_string(),

@@ -167,7 +167,10 @@ mod tests {
     async fn fifo_then_slow_when_full() {
         let (outbox, mut inbox) = queue(3);
         for i in 0..3 {
-            assert_eq!(outbox.push(Outbound::Message(format!("{i}").into())), Push::Queued);
+            assert_eq!(
+                outbox.push(Outbound::Message(format!("{i}").into())),
+                Push::Queued
+            );
         }
         assert_eq!(inbox.recv().await, Some(Outbound::Message("0".into())));
         assert_eq!(inbox.try_recv(), Some(Outbound::Message("1".into())));
@@ -176,7 +179,11 @@ mod tests {
         assert_eq!(outbox.push(Outbound::Message("5".into())), Push::Slow);
         assert!(outbox.is_slow());
         assert_eq!(inbox.recv().await, None);
-        assert_eq!(outbox.push(Outbound::Message("6".into())), Push::Slow, "stays slow");
+        assert_eq!(
+            outbox.push(Outbound::Message("6".into())),
+            Push::Slow,
+            "stays slow"
+        );
     }
 
     #[tokio::test]

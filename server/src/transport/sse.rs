@@ -95,7 +95,10 @@ pub async fn handler(
     });
     let mut res = Body::from_stream(ReceiverStream::new(rx)).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(res)
@@ -128,7 +131,13 @@ fn finish(session: &Session, tx: &Tx) {
             ErrorCode::SlowConsumer,
             "the connection fell behind; resume from the last id",
         );
-        push_ready(&mut buf, &Ready { payload: msg, id: None });
+        push_ready(
+            &mut buf,
+            &Ready {
+                payload: msg,
+                id: None,
+            },
+        );
         let _ = tx.try_send(Ok(Bytes::from(buf)));
     }
 }
