@@ -264,7 +264,7 @@ function refreshMembers(raw) {
     const got = plain(room.members());
     if (Array.isArray(got)) members = got;
   } catch { /* keep the last list */ }
-  if (ev && ev.type === 'presence.leave') dropHover(ev.data?.client_id);
+  if (ev && (ev.type === 'leave' || ev.type === 'presence.leave')) dropHover(ev.member?.client_id ?? ev.data?.client_id);
   renderPresence();
   render();
 }
@@ -358,11 +358,7 @@ function onState(raw) {
     lastState = summary;
     log('state', 'state', null, summary);
   }
-  if (state === 'open') {
-    refreshMembers();
-    // Join (again) once open: a fresh connection starts with no presence.
-    joinPresence();
-  }
+  if (state === 'open') refreshMembers();
 }
 
 function safeCall(f) {
@@ -424,6 +420,16 @@ function logEnvelope(raw) {
     if (!$('#log-broadcasts').checked) return;
     kind = 'broadcast';
     detail = `${data.event || ''} from ${data.from || '?'}`;
+  } else if (type === 'snapshot') {
+    kind = 'state';
+    detail = `state loaded at seq ${ev.seq ?? '?'}`;
+  } else if (type === 'pending') {
+    kind = 'local';
+    detail = `${data.id ?? ev.id ?? ''} sent, awaiting the server`;
+    const p = (ev.id && parseItemId(ev.id)) || null;
+    if (p) detail = `${ev.id} (${cellLabel(p.cell)}) sent, awaiting the server`;
+  } else if (type === 'rollback') {
+    return; // logged by onRollback with its reason
   } else if (type === 'resync' || type === 'reconnect' || type === 'error') {
     kind = type === 'error' ? 'error' : 'state';
     detail = JSON.stringify(data).slice(0, 120);
@@ -447,7 +453,9 @@ function setItems(raw) {
 }
 
 function joinPresence() {
-  if (!room) return;
+  // Presence travels over WebSocket: `auto` moves to it, a forced other transport cannot join.
+  // The SDK keeps the meta and joins again after every reconnect.
+  if (!room || !hoverEnabled()) return;
   try {
     const p = room.join({ name: myName, color: myColor });
     if (p && typeof p.catch === 'function') p.catch((e) => log('error', 'presence', null, errorText(e)));
@@ -459,7 +467,13 @@ function joinPresence() {
 function connect() {
   const gen = ++generation;
   const live = (f) => (...args) => { if (gen === generation) f(...args); };
-  client = new sdk.Client({ url: location.origin, transport: transportChoice, clientId: me });
+  client = new sdk.Client({
+    url: location.origin,
+    transport: transportChoice,
+    clientId: me,
+    // The last-resort transport re-reads the snapshot; twice a second keeps the demo lively.
+    pollIntervalMs: 500,
+  });
   client.onState(live(onState));
   room = client.room(roomName);
   room.subscribe(live((raw) => {
@@ -478,7 +492,7 @@ function connect() {
   renderPresence();
   $('#hover-note').textContent = hoverEnabled()
     ? 'Hover a cell: the others see where you point (WebSocket broadcast).'
-    : `Hover hints use WebSocket broadcast; they are off while ${TRANSPORT_LABEL[transportChoice]} is forced.`;
+    : `Presence and hover hints travel over WebSocket; this tab only watches while ${TRANSPORT_LABEL[transportChoice]} is forced.`;
 }
 
 function reconnectWith(transport) {
