@@ -527,3 +527,69 @@ async fn shutdown_tells_every_client_to_reconnect() {
         .unwrap();
     assert_eq!(res.status(), 503);
 }
+
+#[tokio::test]
+async fn sse_presence_events_with_presence_flag() {
+    let (addr, _server) = start(|c| c.presence_grace_ms = 100).await;
+    let mut sse = Sse::open(format!("http://{addr}/v1/sse?rooms=pp&presence=1"), None).await;
+    sse.next().await.unwrap(); // retry + starting id
+    let (_, state) = sse.next_data().await.unwrap();
+    assert_eq!(state["type"], "presence.state");
+    let mut a = ws(&addr, "?client_id=cy").await;
+    send(
+        &mut a,
+        json!({"type":"presence","ref":"1","room":"pp","meta":{"c":"red"}}),
+    )
+    .await;
+    assert_eq!(recv(&mut a).await["ok"], true);
+    let (id, join) = sse.next_data().await.unwrap();
+    assert_eq!(id, None, "ephemeral events carry no id");
+    assert_eq!(join["type"], "presence.join");
+    assert_eq!(join["data"]["client_id"], "cy");
+}
+
+#[tokio::test]
+async fn websocket_oversized_frame_closes_1009() {
+    let (addr, _server) = start(|c| c.max_body_bytes = 1024).await;
+    let mut a = ws(&addr, "").await;
+    let big = json!({"type":"broadcast","room":"r","event":"x","data":"y".repeat(4000)});
+    send(&mut a, big).await;
+    assert_eq!(recv(&mut a).await, json!({"closed": 1009}));
+}
+
+#[tokio::test]
+async fn a_slow_websocket_consumer_is_closed_4002() {
+    let (addr, _server) = start(|c| c.queue_capacity = 2).await;
+    let mut a = ws(&addr, "").await;
+    send(
+        &mut a,
+        json!({"type":"subscribe","ref":"1","rooms":["big"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut a).await["type"], "ack");
+    // Stop reading; fill the socket buffers and then the queue.
+    let http = reqwest::Client::new();
+    let blob = "z".repeat(200_000);
+    for _ in 0..80 {
+        let res = http
+            .post(format!("http://{addr}/v1/rooms/big/events"))
+            .json(&json!({"type": "blob", "data": blob}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let mut code = None;
+    let deadline = tokio::time::Instant::now() + T;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(T, a.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => {
+                code = f.map(|f| u16::from(f.code));
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    assert_eq!(code, Some(4002));
+}

@@ -223,6 +223,7 @@ async fn run(
                 }
                 heartbeat.reset();
             }
+            _ = tx.closed() => return Ok(()),
             _ = heartbeat.tick() => {
                 if !send(&tx, &session.inbox, b": hb\n\n".to_vec(), patience).await {
                     return Ok(());

@@ -97,18 +97,26 @@ impl Conn {
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
+        self.close_within(code, reason, Duration::from_secs(1))
+            .await;
+    }
+
+    async fn close_within(&mut self, code: ErrorCode, reason: &str, patience: Duration) {
         let frame = Message::Close(Some(CloseFrame {
             code: code.number(),
             reason: reason.into(),
         }));
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.send(frame)).await;
+        let _ = tokio::time::timeout(patience, self.sink.send(frame)).await;
     }
 
-    /// Closes a connection that stopped: a slow consumer with 4002.
+    /// Closes a connection that stopped: a slow consumer with 4002. Its close frame queues
+    /// behind what the client has not read yet, so it gets up to the idle timeout to arrive.
     async fn end(&mut self) {
         if self.session.inbox.is_slow() {
             metrics::slow_consumer("ws");
-            self.close(ErrorCode::SlowConsumer, "slow_consumer").await;
+            let patience = self.session.state.config.idle_timeout();
+            self.close_within(ErrorCode::SlowConsumer, "slow_consumer", patience)
+                .await;
         }
     }
 }
