@@ -76,6 +76,9 @@ let room = null;
 let generation = 0; // callbacks of a replaced client are ignored
 let stateTimer = null;
 let lastState = null;
+// The SDK removes a listener when its Subscription handle is freed (garbage collected), so the
+// page keeps every handle for as long as the client lives.
+let subscriptions = [];
 
 // ---------------------------------------------------------------- grid
 
@@ -474,19 +477,20 @@ function connect() {
     // The last-resort transport re-reads the snapshot; twice a second keeps the demo lively.
     pollIntervalMs: 500,
   });
-  client.onState(live(onState));
+  const keep = (sub) => { if (sub) subscriptions.push(sub); };
+  keep(client.onState(live(onState)));
   room = client.room(roomName);
-  room.subscribe(live((raw) => {
+  keep(room.subscribe(live((raw) => {
     const update = raw instanceof Map ? plain(raw) : raw;
     if (update?.items) setItems(update.items);
     else refreshItems();
     if (update?.seq != null) setSeq(update.seq);
     if (update?.event) logEnvelope(update.event);
     render();
-  }));
-  room.onRollback(live(onRollback));
-  room.onPresence(live(refreshMembers));
-  room.onBroadcast(live(onBroadcast));
+  })));
+  keep(room.onRollback(live(onRollback)));
+  keep(room.onPresence(live(refreshMembers)));
+  keep(room.onBroadcast(live(onBroadcast)));
   joinPresence();
   refreshItems();
   renderPresence();
@@ -501,6 +505,8 @@ function reconnectWith(transport) {
   if (transport === 'auto') params.delete('transport');
   history.replaceState(null, '', `${location.pathname}?${params}`);
   generation++;
+  for (const sub of subscriptions) safeCall(() => sub.unsubscribe());
+  subscriptions = [];
   safeCall(() => client && client.close());
   for (const from of [...hoverTags.keys()]) dropHover(from);
   members = [];
