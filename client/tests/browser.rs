@@ -30,6 +30,26 @@ const PROXY: &str = match option_env!("TIDEWIRE_PROXY_URL") {
     None => "http://127.0.0.1:18082",
 };
 
+thread_local! {
+    static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs the tests one at a time: the restart and stall tests disturb every connection.
+struct Serial;
+
+async fn serial() -> Serial {
+    while BUSY.with(|b| b.replace(true)) {
+        TimeoutFuture::new(20).await;
+    }
+    Serial
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        BUSY.with(|b| b.set(false));
+    }
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
@@ -118,26 +138,31 @@ async fn connects_over(kind: TransportKind) {
 
 #[wasm_bindgen_test]
 async fn connects_over_sse() {
+    let _serial = serial().await;
     connects_over(TransportKind::Sse).await;
 }
 
 #[wasm_bindgen_test]
 async fn connects_over_websocket() {
+    let _serial = serial().await;
     connects_over(TransportKind::Ws).await;
 }
 
 #[wasm_bindgen_test]
 async fn connects_over_long_poll() {
+    let _serial = serial().await;
     connects_over(TransportKind::LongPoll).await;
 }
 
 #[wasm_bindgen_test]
 async fn connects_over_snapshot_polling() {
+    let _serial = serial().await;
     connects_over(TransportKind::Poll).await;
 }
 
 #[wasm_bindgen_test]
 async fn resumes_after_server_restart_without_loss_or_duplicates() {
+    let _serial = serial().await;
     let client = Client::new(options(URL, None)).unwrap();
     let (states, _s) = record_states(&client);
     let name = unique("restart");
@@ -183,6 +208,7 @@ async fn resumes_after_server_restart_without_loss_or_duplicates() {
 
 #[wasm_bindgen_test]
 async fn stalled_sse_falls_back_to_long_poll_and_climbs_back() {
+    let _serial = serial().await;
     ctl("/sse-stall?on=1").await;
     let mut o = options(PROXY, None);
     o.open_timeout_ms = 1_500;
@@ -221,6 +247,7 @@ async fn stalled_sse_falls_back_to_long_poll_and_climbs_back() {
 
 #[wasm_bindgen_test]
 async fn optimistic_put_is_pending_then_confirmed() {
+    let _serial = serial().await;
     let client = Client::new(options(URL, None)).unwrap();
     let name = unique("opt");
     let room = client.room(&name).unwrap();
@@ -257,6 +284,7 @@ async fn optimistic_put_is_pending_then_confirmed() {
 
 #[wasm_bindgen_test]
 async fn stale_put_rolls_back_with_the_server_value() {
+    let _serial = serial().await;
     let client = Client::new(options(URL, None)).unwrap();
     let name = unique("stale");
     server_put(&name, "x", json!("first")).await;
@@ -296,6 +324,7 @@ fn fake_put(room: &str, seq: u64, id: &str, version: u64) -> Envelope {
 
 #[wasm_bindgen_test]
 async fn duplicate_and_out_of_order_events_apply_once_in_order() {
+    let _serial = serial().await;
     let mut o = options(URL, Some(TransportKind::Poll));
     o.poll_interval_ms = 60_000;
     o.reorder_ms = 5_000;
@@ -321,6 +350,7 @@ async fn duplicate_and_out_of_order_events_apply_once_in_order() {
 
 #[wasm_bindgen_test]
 async fn a_gap_that_does_not_fill_refetches_the_snapshot() {
+    let _serial = serial().await;
     let mut o = options(URL, Some(TransportKind::Poll));
     o.poll_interval_ms = 60_000;
     o.reorder_ms = 300;
@@ -353,6 +383,7 @@ async fn a_gap_that_does_not_fill_refetches_the_snapshot() {
 
 #[wasm_bindgen_test]
 async fn backoff_delays_grow_jittered_and_capped() {
+    let _serial = serial().await;
     let randoms = [0.99, 0.5, 0.99, 0.25, 0.99, 0.99, 0.0];
     let mut i = 0;
     let mut o = options("http://127.0.0.1:9", Some(TransportKind::Sse));
@@ -402,6 +433,7 @@ async fn backoff_delays_grow_jittered_and_capped() {
 
 #[wasm_bindgen_test]
 async fn presence_and_broadcast_over_websocket() {
+    let _serial = serial().await;
     let a = Client::new(options(URL, None)).unwrap();
     let b = Client::new(options(URL, None)).unwrap();
     let name = unique("presence");
