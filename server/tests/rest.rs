@@ -177,6 +177,11 @@ async fn bad_inputs_get_stable_problem_codes() {
         400,
         "bad_request",
     );
+    assert_problem(
+        &call(&app, Method::GET, "/v1/ws", &[], "").await,
+        400,
+        "bad_request",
+    );
     let many: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
     let uri = format!("/v1/sse?rooms={}", many.join(","));
     assert_problem(

@@ -277,14 +277,24 @@ impl Store for SqliteStore {
             new_trimmed = new_trimmed.max(seq - self.retention.events);
         }
         let cutoff = now_ms.saturating_sub((self.retention.secs as i64).saturating_mul(1000));
-        let old: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE room = ? AND ts_ms < ?")
-                .bind(&req.room)
-                .bind(cutoff)
-                .fetch_one(&mut *tx)
-                .await?;
-        if let Some(old) = old {
-            new_trimmed = new_trimmed.max(Self::to_u64(old));
+        // Cheap check first: only when the oldest retained event expired, find how many did.
+        let oldest_ts: Option<i64> = sqlx::query_scalar(
+            "SELECT ts_ms FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT 1",
+        )
+        .bind(&req.room)
+        .bind(new_trimmed as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if oldest_ts.is_some_and(|ts| ts < cutoff) {
+            let old: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE room = ? AND ts_ms < ?")
+                    .bind(&req.room)
+                    .bind(cutoff)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if let Some(old) = old {
+                new_trimmed = new_trimmed.max(Self::to_u64(old));
+            }
         }
         if new_trimmed > trimmed_through {
             sqlx::query("DELETE FROM events WHERE room = ? AND seq <= ?")

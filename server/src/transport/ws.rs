@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
@@ -34,12 +35,18 @@ pub struct WsQuery {
 
 /// The WebSocket handler.
 pub async fn handler(
-    ws: WebSocketUpgrade,
     State(state): State<AppState>,
     identity: ClientIdentity,
     query: std::result::Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let ws = ws.map_err(|e| {
+        Error::BadRequest(format!(
+            "{}: connect with a WebSocket client",
+            e.body_text()
+        ))
+    })?;
     let session = Session::open(state.clone(), identity, "ws", q.client_id)?;
     let max = state.config.max_body_bytes;
     Ok(ws
