@@ -378,7 +378,7 @@ function setSeq(seq) {
 
 // ---------------------------------------------------------------- event log
 
-function log(kind, type, seq, detail) {
+function log(kind, type, seq, detail, full) {
   const ol = $('#event-log');
   const li = document.createElement('li');
   li.dataset.kind = kind;
@@ -397,7 +397,7 @@ function log(kind, type, seq, detail) {
   const d = document.createElement('span');
   d.className = 'd';
   d.textContent = detail || '';
-  d.title = detail || '';
+  d.title = full || detail || '';
   li.append(t, ty, sq, d);
   ol.prepend(li);
   while (ol.children.length > LOG_MAX) ol.lastElementChild.remove();
@@ -410,10 +410,12 @@ function logEnvelope(raw) {
   const data = ev.data || {};
   let detail = '';
   let kind = 'event';
+  let full = '';
   if (type === 'item.put' || type === 'item.deleted') {
-    detail = `${data.id ?? ''} v${data.version ?? '?'}`;
     const p = data.id ? parseItemId(data.id) : null;
-    if (p) detail += ` (${cellLabel(p.cell)})`;
+    const who = data.value?.name || (p ? p.owner.slice(0, 6) : '');
+    detail = p ? `${cellLabel(p.cell)} ${who} v${data.version ?? '?'}` : `${data.id ?? ''} v${data.version ?? '?'}`;
+    full = `${data.id} v${data.version}${ev.key ? ` key ${ev.key}` : ''}${data.value !== undefined ? ` ${JSON.stringify(data.value)}` : ''}`;
   } else if (type.startsWith('presence.')) {
     kind = 'presence';
     detail = type === 'presence.state'
@@ -428,9 +430,9 @@ function logEnvelope(raw) {
     detail = `state loaded at seq ${ev.seq ?? '?'}`;
   } else if (type === 'pending') {
     kind = 'local';
-    detail = `${data.id ?? ev.id ?? ''} sent, awaiting the server`;
     const p = (ev.id && parseItemId(ev.id)) || null;
-    if (p) detail = `${ev.id} (${cellLabel(p.cell)}) sent, awaiting the server`;
+    detail = `${p ? cellLabel(p.cell) : ev.id} sent, awaiting the server`;
+    full = `${ev.id} key ${ev.key ?? '?'}`;
   } else if (type === 'rollback') {
     return; // logged by onRollback with its reason
   } else if (type === 'resync' || type === 'reconnect' || type === 'error') {
@@ -439,7 +441,7 @@ function logEnvelope(raw) {
   } else {
     detail = JSON.stringify(data).slice(0, 120);
   }
-  log(kind, type, ev.seq ?? null, detail);
+  log(kind, type, ev.seq ?? null, detail, full);
 }
 
 // ---------------------------------------------------------------- SDK wiring

@@ -169,7 +169,7 @@ describe('demo page', { timeout: 900_000 }, () => {
   });
 
   for (const transport of TRANSPORTS) {
-    test(`a toggle in one page shows in the other within 1 s (${transport})`, { timeout: 90_000 }, async () => {
+    test(`a toggle in one page shows in the other within 1 s (${transport})`, { timeout: 90_000 }, async (t) => {
       const board = boardId(transport);
       const room = `board-${board}`;
       let a;
@@ -186,14 +186,16 @@ describe('demo page', { timeout: 900_000 }, () => {
         // A marks: pending (or already confirmed) at once in A, then in B within 1 s.
         let t0 = await toggle(a, cell);
         await waitCell(a, cell, { state: ['pending', 'mine'], count: 1 }, 300);
-        await seenWithin(b, cell, { state: 'on', count: 1 }, t0, `${transport}: A's mark in B`);
+        const ms = [];
+        ms.push(await seenWithin(b, cell, { state: 'on', count: 1 }, t0, `${transport}: A's mark in B`));
         await waitCell(a, cell, { state: 'mine', count: 1 });
         // B marks the same hour: A sees two people.
         t0 = await toggle(b, cell);
-        await seenWithin(a, cell, { state: 'mine', count: 2 }, t0, `${transport}: B's mark in A`);
+        ms.push(await seenWithin(a, cell, { state: 'mine', count: 2 }, t0, `${transport}: B's mark in A`));
         // A unmarks: B sees only its own mark again.
         t0 = await toggle(a, cell);
-        await seenWithin(b, cell, { state: 'mine', count: 1 }, t0, `${transport}: A's unmark in B`);
+        ms.push(await seenWithin(b, cell, { state: 'mine', count: 1 }, t0, `${transport}: A's unmark in B`));
+        t.diagnostic(`${transport}: seen in the other page after ${ms.join(', ')} ms`);
         await waitCell(a, cell, { state: 'on', count: 1 });
 
         const snap = await agreesWithServer(a, server.url, room);
@@ -359,66 +361,69 @@ describe('demo page', { timeout: 900_000 }, () => {
     }
   });
 
-  test('both pages recover from a server restart; REST writes made right after it show once in both', { timeout: 120_000 }, async () => {
-    const first = await startServer();
-    let second;
-    let a;
-    let b;
-    try {
-      const board = boardId('rs');
-      const room = `board-${board}`;
-      a = await openBoard(browser, first.url, board, { name: 'Ada' });
-      b = await openBoard(browser, first.url, board, { name: 'Bob' });
-      const idb = await clientIdOf(b);
-      await toggle(a, '0-9');
-      await toggle(a, '1-9');
-      await toggle(b, '1-9');
-      await waitCell(b, '0-9', { state: 'on', count: 1 });
-      await waitCell(b, '1-9', { state: 'mine', count: 2 });
-      await waitCell(a, '1-9', { state: 'mine', count: 2 });
+  for (const transport of ['auto', 'sse', 'longpoll']) {
+    test(`both pages recover from a server restart; REST writes made right after it show once in both (${transport})`, { timeout: 120_000 }, async (t) => {
+      const first = await startServer();
+      let second;
+      let a;
+      let b;
+      try {
+        const board = boardId('rs');
+        const room = `board-${board}`;
+        a = await openBoard(browser, first.url, board, { transport, name: 'Ada' });
+        b = await openBoard(browser, first.url, board, { transport, name: 'Bob' });
+        const idb = await clientIdOf(b);
+        await toggle(a, '0-9');
+        await toggle(a, '1-9');
+        await toggle(b, '1-9');
+        await waitCell(b, '0-9', { state: 'on', count: 1 });
+        await waitCell(b, '1-9', { state: 'mine', count: 2 });
+        await waitCell(a, '1-9', { state: 'mine', count: 2 });
 
-      await first.stop('SIGKILL');
-      for (const p of [a, b]) {
-        await p.waitForFunction(() => document.querySelector('#conn-state').dataset.state !== 'open', null, { timeout: 15_000 });
+        const transports = [await transportOf(a), await transportOf(b)];
+        await first.stop('SIGKILL');
+        for (const p of [a, b]) {
+          await p.waitForFunction(() => document.querySelector('#conn-state').dataset.state !== 'open', null, { timeout: 15_000 });
+        }
+
+        second = await startServer({ port: first.port, dir: first.dir });
+        // Right after the restart, before the pages are back: another person's marks and Bob
+        // unmarking 1-9 from elsewhere, through the REST API.
+        const states = [await stateOf(a), await stateOf(b)];
+        const writes = [
+          await restPut(second.url, room, 'rest-user.4-12', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w1` }),
+          await restPut(second.url, room, 'rest-user.4-13', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w2` }),
+          await restPut(second.url, room, 'rest-user.0-9', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w3` }),
+          await restDelete(second.url, room, `${idb}.1-9`, { 'Idempotency-Key': `${board}-w4` }),
+        ];
+        assert.deepEqual(writes.map((w) => w.status), [200, 200, 200, 200], JSON.stringify(writes.map((w) => w.body)));
+        // A retry of one of them with the same key appends nothing.
+        const replay = await restPut(second.url, room, 'rest-user.4-12', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w1` });
+        assert.equal(replay.status, 200);
+        t.diagnostic(`page states when the REST writes were made: ${states.join(', ')}; transports before the kill: ${transports.join(', ')}`);
+
+        await waitLive(a, 30_000);
+        await waitLive(b, 30_000);
+        const snap = await agreesWithServer(a, second.url, room, 15_000);
+        await agreesWithServer(b, second.url, room, 15_000);
+        assert.equal(Object.keys(snap.items).length, 5, `items: ${Object.keys(snap.items)}`);
+        assert.equal(snap.seq, 7, 'three page writes + four REST writes, the replay appended nothing');
+        await waitCell(a, '0-9', { state: 'mine', count: 2 });
+        await waitCell(b, '1-9', { state: 'on', count: 1 });
+        await waitCell(b, '4-12', { state: 'on', count: 1 });
+        await assertNoDuplicateSeq(a, 'A after the restart');
+        await assertNoDuplicateSeq(b, 'B after the restart');
+
+        // And the live path works again.
+        const t0 = await toggle(b, '5-15');
+        await seenWithin(a, '5-15', { state: 'on', count: 1 }, t0, 'a mark after the restart');
+      } finally {
+        await closeAll(a, b);
+        await second?.stop();
+        await first.dispose();
       }
-
-      second = await startServer({ port: first.port, dir: first.dir });
-      // Right after the restart, before the pages are back: another person's marks and Bob
-      // unmarking 1-9 from elsewhere, through the REST API.
-      const states = [await stateOf(a), await stateOf(b)];
-      const writes = [
-        await restPut(second.url, room, 'rest-user.4-12', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w1` }),
-        await restPut(second.url, room, 'rest-user.4-13', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w2` }),
-        await restPut(second.url, room, 'rest-user.0-9', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w3` }),
-        await restDelete(second.url, room, `${idb}.1-9`, { 'Idempotency-Key': `${board}-w4` }),
-      ];
-      assert.deepEqual(writes.map((w) => w.status), [200, 200, 200, 200], JSON.stringify(writes.map((w) => w.body)));
-      // A retry of one of them with the same key appends nothing.
-      const replay = await restPut(second.url, room, 'rest-user.4-12', { name: 'Rest', on: true }, { 'Idempotency-Key': `${board}-w1` });
-      assert.equal(replay.status, 200);
-      test.diagnostic?.(`page states when the REST writes were made: ${states.join(', ')}`);
-
-      await waitLive(a, 30_000);
-      await waitLive(b, 30_000);
-      const snap = await agreesWithServer(a, second.url, room, 15_000);
-      await agreesWithServer(b, second.url, room, 15_000);
-      assert.equal(Object.keys(snap.items).length, 4, `items: ${Object.keys(snap.items)}`);
-      assert.equal(snap.seq, 7, 'three page writes + four REST writes, the replay appended nothing');
-      await waitCell(a, '0-9', { state: 'mine', count: 2 });
-      await waitCell(b, '1-9', { state: 'on', count: 1 });
-      await waitCell(b, '4-12', { state: 'on', count: 1 });
-      await assertNoDuplicateSeq(a, 'A after the restart');
-      await assertNoDuplicateSeq(b, 'B after the restart');
-
-      // And the live path works again.
-      const t0 = await toggle(b, '5-15');
-      await seenWithin(a, '5-15', { state: 'on', count: 1 }, t0, 'a mark after the restart');
-    } finally {
-      await closeAll(a, b);
-      await second?.stop();
-      await first.dispose();
-    }
-  });
+    });
+  }
 
   test('screenshot of the two-user board for the README (docs/demo.png)', { timeout: 120_000 }, async () => {
     const board = boardId('shot');
