@@ -235,7 +235,6 @@ fn list() {
             Action::Cargo(args) => run::command_line("cargo", args),
             Action::Exec(p, args) => run::command_line(p, args),
             Action::NpmCi => "npm ci".into(),
-            Action::Slot(what) => format!("(slot, not wired yet: {what})"),
         };
         let when = s
             .only_if
@@ -328,14 +327,6 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
                 continue;
             }
         }
-        if let Action::Slot(what) = step.action {
-            println!(
-                "\n--> [{n}/{total}] {}: skipped (slot not wired yet: {what})",
-                step.name
-            );
-            report.push((step, Status::Skipped("slot not wired yet".into())));
-            continue;
-        }
         banner(&format!("[{n}/{total}] {}", step.name));
         let dir = ctx.root.join(step.dir);
         let t0 = Instant::now();
@@ -343,7 +334,6 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
             Action::Cargo(args) => run(&dir, &ctx.cargo, args, &env).map(|o| o.summaries),
             Action::Exec(program, args) => run(&dir, program, args, &env).map(|o| o.summaries),
             Action::NpmCi => setup::npm_ci(&dir).map(|()| Vec::new()),
-            Action::Slot(_) => Ok(Vec::new()),
         };
         let took = t0.elapsed();
         match outcome {

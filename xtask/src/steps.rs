@@ -43,8 +43,6 @@ pub enum Action {
     Exec(&'static str, &'static [&'static str]),
     /// `npm ci` in the step's directory, skipped when `node_modules` matches the lock file.
     NpmCi,
-    /// A place for a command that is not wired in yet: reported as skipped.
-    Slot(&'static str),
 }
 
 /// One step of `cargo xtask test`.
@@ -80,7 +78,7 @@ impl Step {
     }
 }
 
-use Action::{Cargo, Exec, NpmCi, Slot};
+use Action::{Cargo, Exec, NpmCi};
 use Group::{Browser, Lint, Native, Wasm};
 
 /// Every step, in order. The runner stops at the first failure.
@@ -161,14 +159,25 @@ pub const STEPS: &[Step] = &[
         ".",
         Cargo(&["build", "-p", "tidewire-server", "--bin", "tidewire"]),
     ),
-    // ---- SLOT: the client's browser tests (wasm-bindgen-test in Chromium) through the harness.
-    // Replace `Slot(…)` with the command, e.g. `Cargo(&["run", "-p", "tidewire-harness", "--", …])`.
+    // ---- SLOT: the client's browser tests (wasm-bindgen-test in Chromium) under the harness,
+    // which starts the server (TIDEWIRE_BIN) and sets TIDEWIRE_TEST_URL / _CTL_URL / _PROXY_URL.
     Step::new(
-        "client browser tests (harness)",
+        "client browser tests (wasm-pack test under tidewire-harness)",
         Browser,
-        Some("tests/harness/Cargo.toml"),
+        Some("client/tests/browser.rs"),
         ".",
-        Slot("the client's wasm-bindgen tests through tidewire-harness"),
+        Cargo(&[
+            "run",
+            "-p",
+            "tidewire-harness",
+            "--",
+            "--",
+            "wasm-pack",
+            "test",
+            "--headless",
+            "--chrome",
+            "client",
+        ]),
     ),
     // ---- SLOT: Playwright tests of the demo page (tests/e2e, node's test runner).
     Step::new(
