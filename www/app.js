@@ -216,7 +216,7 @@ function onRollback(raw) {
       setTimeout(() => cell.classList.remove('rolled-back'), 1200);
     }
   }
-  log('rollback', 'rollback', null, `${rb?.id ?? '?'} ${err.code || ''}`.trim());
+  log('rollback', 'rollback', null, `${where} ${err.code || ''}`.trim(), `${rb?.id ?? '?'}: ${err.code || ''} ${err.message || ''}`);
   refreshItems();
 }
 
@@ -345,18 +345,20 @@ function onState(raw) {
   if (state === 'reconnecting') {
     const delay = Number(st.delayMs ?? st.delay_ms ?? 0);
     const until = performance.now() + delay;
-    const attempt = st.attempt ? ` (attempt ${st.attempt})` : '';
+    el.title = st.attempt ? `attempt ${st.attempt}, waiting ${delay} ms (backoff with jitter)` : '';
+    el.dataset.attempt = String(st.attempt ?? '');
     const paint = () => {
       const left = Math.max(0, until - performance.now());
-      el.textContent = left > 0 ? `reconnecting in ${(left / 1000).toFixed(1)} s${attempt}` : `reconnecting…${attempt}`;
+      el.textContent = left > 0 ? `reconnecting in ${(left / 1000).toFixed(1)} s` : 'reconnecting…';
       if (left <= 0) clearInterval(stateTimer);
     };
     paint();
     if (delay > 0) stateTimer = setInterval(paint, 100);
   } else {
     el.textContent = state;
+    el.title = '';
   }
-  const summary = `${state}${transport ? ` via ${transport}` : ''}${state === 'reconnecting' && st.delayMs != null ? ` in ${(Number(st.delayMs) / 1000).toFixed(1)} s` : ''}`;
+  const summary = `${state}${transport ? ` via ${transport}` : ''}${state === 'reconnecting' && st.delayMs != null ? ` in ${(Number(st.delayMs) / 1000).toFixed(1)} s (attempt ${st.attempt ?? '?'})` : ''}`;
   if (summary !== lastState) {
     lastState = summary;
     log('state', 'state', null, summary);
@@ -431,7 +433,7 @@ function logEnvelope(raw) {
   } else if (type === 'pending') {
     kind = 'local';
     const p = (ev.id && parseItemId(ev.id)) || null;
-    detail = `${p ? cellLabel(p.cell) : ev.id} sent, awaiting the server`;
+    detail = `${p ? cellLabel(p.cell) : ev.id} sent`;
     full = `${ev.id} key ${ev.key ?? '?'}`;
   } else if (type === 'rollback') {
     return; // logged by onRollback with its reason
