@@ -259,6 +259,58 @@ describe('demo page', { timeout: 900_000 }, () => {
     }
   });
 
+  test('offline: the badge says so, a mark made offline stays pending and is saved once when back', { timeout: 90_000 }, async () => {
+    const board = boardId('off');
+    const room = `board-${board}`;
+    let a;
+    let b;
+    try {
+      a = await openBoard(browser, server.url, board, { transport: 'sse', name: 'Ada' });
+      b = await openBoard(browser, server.url, board, { transport: 'sse', name: 'Bob' });
+      await a.context().setOffline(true);
+      await a.waitForFunction(() => document.querySelector('#conn-state').dataset.state === 'offline', null, { timeout: 10_000 });
+      await toggle(a, '5-8');
+      await waitCell(a, '5-8', { state: 'pending', count: 1 }, 1_000);
+      await toggle(b, '5-9');
+      await sleep(500);
+      assert.equal((await readGrid(a))['5-8'].state, 'pending', 'still pending while offline');
+      await a.context().setOffline(false);
+      await waitLive(a, 20_000);
+      await waitCell(a, '5-8', { state: 'mine', count: 1 }, 20_000);
+      await waitCell(a, '5-9', { state: 'on', count: 1 }, 10_000);
+      await waitCell(b, '5-8', { state: 'on', count: 1 }, 10_000);
+      const snap = await agreesWithServer(a, server.url, room);
+      await agreesWithServer(b, server.url, room);
+      assert.equal(snap.seq, 2, 'the retried write was applied once');
+      await assertNoDuplicateSeq(a, 'A after going offline');
+    } finally {
+      await closeAll(a, b);
+    }
+  });
+
+  test('the event log keeps the last 50 events, newest first, with type and seq', { timeout: 60_000 }, async () => {
+    const board = boardId('log');
+    const room = `board-${board}`;
+    let a;
+    try {
+      a = await openBoard(browser, server.url, board, { transport: 'sse', name: 'Ada' });
+      for (let i = 0; i < 60; i++) {
+        const cell = `${i % 7}-${8 + (i % 12)}`;
+        const r = await restPut(server.url, room, `w${i}.${cell}`, { name: `W${i}`, on: true });
+        assert.equal(r.status, 200);
+      }
+      await a.waitForFunction(() => document.querySelector('#last-seq').textContent === '60', null, { timeout: 10_000 });
+      const entries = await a.$$eval('#event-log li', (lis) => lis.map((li) => [li.dataset.type, li.dataset.seq ? Number(li.dataset.seq) : null]));
+      assert.equal(entries.length, 50);
+      assert.deepEqual(entries[0], ['item.put', 60]);
+      const seqs = entries.filter(([type]) => type === 'item.put').map(([, seq]) => seq);
+      assert.deepEqual(seqs, [...seqs].sort((x, y) => y - x), 'newest first');
+      await agreesWithServer(a, server.url, room);
+    } finally {
+      await closeAll(a);
+    }
+  });
+
   test('presence lists who is here with a colour each; hover hints travel over WebSocket', { timeout: 90_000 }, async () => {
     const board = boardId('pres');
     let a;
