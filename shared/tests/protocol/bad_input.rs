@@ -487,7 +487,7 @@ fn decode_everything(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn arbitrary_strings_never_panic(s in "\\PC{0,200}") {

@@ -11,7 +11,7 @@ use tidewire_protocol::{
 use crate::strategies::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn envelopes_round_trip(env in envelope()) {
