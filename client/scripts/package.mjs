@@ -4,6 +4,7 @@
 //   wasm-pack build client --release --target web --out-dir pkg
 //   node client/scripts/package.mjs client/pkg
 //   (cd client/pkg && npm pack)
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,6 +17,44 @@ if (!fs.existsSync(manifestPath)) {
   process.exit(1);
 }
 const pkg = JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
+
+// wasm-opt -Os with a binaryen that understands reference types (>= 116): $WASM_OPT, the one
+// npm installed for the Vite test, or the one on PATH. Skipped (with a note) when none works.
+function wasmOpt(wasm) {
+  const root = path.resolve(client, '..');
+  const candidates = [
+    process.env.WASM_OPT,
+    path.join(root, 'tests', 'vite-app', 'node_modules', '.bin', 'wasm-opt'),
+    'wasm-opt',
+  ].filter(Boolean);
+  for (const bin of candidates) {
+    let version;
+    try {
+      version = execFileSync(bin, ['--version'], { encoding: 'utf8' });
+    } catch {
+      continue;
+    }
+    const n = Number(/version[_ ](\d+)/.exec(version)?.[1] ?? 0);
+    if (n < 116) continue;
+    const before = fs.statSync(wasm).size;
+    execFileSync(bin, [wasm, '-Os', '-o', wasm], { stdio: 'inherit' });
+    console.log(`wasm-opt ${n}: ${before} -> ${fs.statSync(wasm).size} bytes`);
+    return;
+  }
+  console.warn('no wasm-opt >= 116 found (npm i binaryen, or set WASM_OPT): the .wasm is not optimized');
+}
+// The marker holds the size of the optimized module, so a fresh wasm-pack build is optimized again.
+const wasmName = (pkg.files ?? []).find((f) => f.endsWith('.wasm'));
+const marker = path.join(pkgDir, '.wasm-optimized');
+if (wasmName) {
+  const wasm = path.join(pkgDir, wasmName);
+  const done = fs.existsSync(marker) && fs.readFileSync(marker, 'utf8') === String(fs.statSync(wasm).size);
+  if (!done) {
+    wasmOpt(wasm);
+    fs.writeFileSync(marker, String(fs.statSync(wasm).size));
+  }
+}
+delete pkg.tidewireOptimized;
 pkg.name = 'tidewire';
 pkg.description =
   'Tidewire browser SDK: live rooms over SSE, WebSocket, long-poll and polling, with exact resume, optimistic writes, presence and broadcast.';

@@ -273,12 +273,17 @@ fn clamp_ms(v: u64) -> u32 {
     v.min(u32::MAX as u64) as u32
 }
 
-/// Closes the client when the last [`Client`] handle goes away.
-struct CloseOnDrop(Rc<Shared>);
+/// Closes the client when the last [`Client`] handle goes away (unless disarmed).
+struct CloseOnDrop {
+    shared: Rc<Shared>,
+    armed: std::cell::Cell<bool>,
+}
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close();
+        if self.armed.get() {
+            self.shared.close();
+        }
     }
 }
 
@@ -287,7 +292,7 @@ impl Drop for CloseOnDrop {
 #[derive(Clone)]
 pub struct Client {
     shared: Rc<Shared>,
-    _guard: Rc<CloseOnDrop>,
+    _guard: Option<Rc<CloseOnDrop>>,
 }
 
 impl Client {
@@ -330,9 +335,23 @@ impl Client {
         shared.listen_to_window();
         wasm_bindgen_futures::spawn_local(run(shared.clone(), rx));
         Ok(Client {
-            _guard: Rc::new(CloseOnDrop(shared.clone())),
+            _guard: Some(Rc::new(CloseOnDrop {
+                shared: shared.clone(),
+                armed: std::cell::Cell::new(true),
+            })),
             shared,
         })
+    }
+
+    /// This handle no longer closes the client when dropped: only [`Client::close`] does
+    /// (JavaScript handles work this way, as garbage collection must not end a connection).
+    pub fn without_close_on_drop(mut self) -> Client {
+        if let Some(guard) = self._guard.take() {
+            if Rc::strong_count(&guard) == 1 {
+                guard.armed.set(false);
+            }
+        }
+        self
     }
 
     /// The room `name`, joined on the client's connection (the same object for the same name).
@@ -1049,29 +1068,41 @@ impl Room {
     }
 
     /// Optimistically puts `value`; confirmed with the server's event, rolled back on refusal.
-    /// `If-Match` is the version the client knows, when it knows the item.
-    pub async fn put(&self, id: &str, value: Value) -> Result<Envelope, Error> {
-        self.write(id, WriteOp::Put(value), None).await
+    /// `If-Match` is the version the client knows, when it knows the item. The pending value
+    /// shows in [`Room::items`] as soon as this is called, before the future is polled.
+    pub fn put(
+        &self,
+        id: &str,
+        value: Value,
+    ) -> impl std::future::Future<Output = Result<Envelope, Error>> + 'static {
+        self.write(id, WriteOp::Put(value), None)
     }
 
     /// [`Room::put`] with an explicit `If-Match` version (`Some(0)`: only if absent).
-    pub async fn put_if(
+    pub fn put_if(
         &self,
         id: &str,
         value: Value,
         if_match: Option<u64>,
-    ) -> Result<Envelope, Error> {
-        self.write(id, WriteOp::Put(value), if_match).await
+    ) -> impl std::future::Future<Output = Result<Envelope, Error>> + 'static {
+        self.write(id, WriteOp::Put(value), if_match)
     }
 
     /// Optimistically deletes an item.
-    pub async fn delete(&self, id: &str) -> Result<Envelope, Error> {
-        self.write(id, WriteOp::Delete, None).await
+    pub fn delete(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Envelope, Error>> + 'static {
+        self.write(id, WriteOp::Delete, None)
     }
 
     /// [`Room::delete`] with an explicit `If-Match` version.
-    pub async fn delete_if(&self, id: &str, if_match: Option<u64>) -> Result<Envelope, Error> {
-        self.write(id, WriteOp::Delete, if_match).await
+    pub fn delete_if(
+        &self,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<Envelope, Error>> + 'static {
+        self.write(id, WriteOp::Delete, if_match)
     }
 
     /// Appends an application event to the room's log.
@@ -1083,7 +1114,28 @@ impl Room {
         Ok(env)
     }
 
-    async fn write(&self, id: &str, op: WriteOp, if_match: Option<u64>) -> Result<Envelope, Error> {
+    /// Applies the write locally at once; the returned future sends it.
+    fn write(
+        &self,
+        id: &str,
+        op: WriteOp,
+        if_match: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<Envelope, Error>> + 'static {
+        let started = self.begin(id, &op, if_match);
+        let this = self.clone();
+        let id = id.to_owned();
+        async move {
+            let (key, expected) = started?;
+            this.send_write(key, id, op, expected).await
+        }
+    }
+
+    fn begin(
+        &self,
+        id: &str,
+        op: &WriteOp,
+        if_match: Option<u64>,
+    ) -> Result<(String, Option<u64>), Error> {
         validate_item_id(id)?;
         let key = self.shared.next_key();
         let expected = {
@@ -1097,6 +1149,17 @@ impl Room {
             id: id.to_owned(),
             key: key.clone(),
         }));
+        Ok((key, expected))
+    }
+
+    async fn send_write(
+        self,
+        key: String,
+        id: String,
+        op: WriteOp,
+        expected: Option<u64>,
+    ) -> Result<Envelope, Error> {
+        let id = id.as_str();
         let mut attempt = 0u32;
         loop {
             let result = match &op {

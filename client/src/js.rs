@@ -193,26 +193,28 @@ struct JsOptions {
 }
 
 /// A listener registration; `unsubscribe()` removes it (`close()` removes them all).
+/// Freeing or garbage-collecting this object does not remove the listener.
 #[wasm_bindgen]
-pub struct Subscription(Option<RustSubscription>);
+pub struct Subscription(Option<Box<dyn FnOnce()>>);
 
 #[wasm_bindgen]
 impl Subscription {
     /// Removes the listener.
     pub fn unsubscribe(&mut self) {
-        if let Some(s) = self.0.take() {
-            s.unsubscribe();
+        if let Some(remove) = self.0.take() {
+            remove();
         }
     }
 }
 
 impl Subscription {
     fn new(s: RustSubscription) -> Subscription {
-        Subscription(Some(s))
+        Subscription(Some(s.detach()))
     }
 }
 
-/// A Tidewire client: one live connection carrying all its rooms.
+/// A Tidewire client: one live connection carrying all its rooms. It runs until `close()`
+/// (freeing or garbage-collecting the object does not close it).
 #[wasm_bindgen(js_name = Client)]
 pub struct JsClient(client::Client);
 
@@ -273,7 +275,7 @@ impl JsClient {
             }));
         }
         client::Client::new(o)
-            .map(JsClient)
+            .map(|c| JsClient(c.without_close_on_drop()))
             .map_err(|e| to_js_error(&e))
     }
 
@@ -375,23 +377,16 @@ impl Room {
 
     /// Optimistic put: resolves with the server's event, rejects (and rolls back) on refusal.
     pub fn put(&self, id: String, value: JsValue, options: WriteOptionsArg) -> EventPromise {
-        let room = self.0.clone();
         let if_match = write_if_match(options);
-        promise(async move {
-            let value: Value = from_js(value)?;
-            let env = room.put_if(&id, value, if_match).await?;
-            Ok(to_js(&env))
-        })
+        // The optimistic value shows at once, before the promise is awaited.
+        let write = from_js::<Value>(value).map(|v| self.0.put_if(&id, v, if_match));
+        promise(async move { Ok(to_js(&write?.await?)) })
     }
 
     /// Optimistic delete.
     pub fn delete(&self, id: String, options: WriteOptionsArg) -> EventPromise {
-        let room = self.0.clone();
-        let if_match = write_if_match(options);
-        promise(async move {
-            let env = room.delete_if(&id, if_match).await?;
-            Ok(to_js(&env))
-        })
+        let write = self.0.delete_if(&id, write_if_match(options));
+        promise(async move { Ok(to_js(&write.await?)) })
     }
 
     /// Appends an application event `{type, data}` to the room's log.

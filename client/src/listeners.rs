@@ -159,6 +159,13 @@ impl Subscription {
             f();
         }
     }
+
+    /// Keeps the callback registered until the returned function is called or the list is
+    /// cleared (the client's `close()`); dropping the function does not remove it. This is
+    /// what JavaScript handles use, so that garbage collection never silences a listener.
+    pub fn detach(mut self) -> Box<dyn FnOnce()> {
+        self.remove.take().unwrap_or_else(|| Box::new(|| {}))
+    }
 }
 
 impl Drop for Subscription {
@@ -200,6 +207,18 @@ mod tests {
         list.emit(&1);
         assert_eq!(count.get(), 1);
         assert!(list.is_empty());
+    }
+
+    #[test]
+    fn detached_listener_stays_until_removed() {
+        let list: Listeners<u8> = Listeners::new();
+        let remove = list.add(|_| {}).detach();
+        assert_eq!(list.len(), 1);
+        remove();
+        assert!(list.is_empty());
+        let remove = list.add(|_| {}).detach();
+        drop(remove);
+        assert_eq!(list.len(), 1, "dropping the remover keeps the listener");
     }
 
     #[test]

@@ -255,7 +255,11 @@ async fn optimistic_put_is_pending_then_confirmed() {
     let u = updates.clone();
     let _s = room.subscribe(move |up| u.borrow_mut().push(up.clone()));
     assert!(wait_until(5_000, || client.state() == ConnState::Open).await);
-    let env = room.put("slot-1", json!({"free": false})).await.unwrap();
+    let write = room.put("slot-1", json!({"free": false}));
+    let shown = room.items();
+    assert_eq!(shown.len(), 1, "shown before the write is sent");
+    assert!(shown[0].pending);
+    let env = write.await.unwrap();
     assert_eq!(env.seq, Some(1));
     {
         let ups = updates.borrow();

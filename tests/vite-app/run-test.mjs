@@ -97,12 +97,13 @@ try {
   // 4. The page in headless Chromium.
   const { chromium } = await import('playwright-core');
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-chromium-'));
-  browser = await chromium.launch({
+  browser = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.TIDEWIRE_CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    timeout: 60000,
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      `--user-data-dir=${userDataDir}`,
     ],
   });
   const page = await browser.newPage();

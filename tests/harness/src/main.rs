@@ -14,8 +14,14 @@
 //! - A reverse proxy listens on `--proxy-port` in front of the server. While SSE stalling is
 //!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would.
 //! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`,
-//!   `TIDEWIRE_CTL_URL` and `TIDEWIRE_PROXY_URL` set, stops everything when it ends, and exits
-//!   with its exit code. Without one it runs until interrupted.
+//!   `TIDEWIRE_CTL_URL` and `TIDEWIRE_PROXY_URL` set (and `WASM_BINDGEN_TEST_TIMEOUT=180` unless
+//!   set), stops everything when it ends, and exits with its exit code. Without one it runs
+//!   until interrupted (SIGINT).
+//!
+//! ```text
+//! cargo build -p tidewire-server --bin tidewire -p tidewire-harness
+//! target/debug/tidewire-harness -- wasm-pack test --headless --chrome client
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -333,6 +339,10 @@ async fn main() -> Result<()> {
             .env("TIDEWIRE_CTL_URL", &ctl_url)
             .env("TIDEWIRE_PROXY_URL", &proxy_url)
             .kill_on_drop(true);
+        if std::env::var_os("WASM_BINDGEN_TEST_TIMEOUT").is_none() {
+            // The browser suite restarts the server and waits for fallbacks: allow 3 minutes.
+            cmd.env("WASM_BINDGEN_TEST_TIMEOUT", "180");
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("running {:?}", args.command))?;
