@@ -758,27 +758,34 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
     let mut level: u8 = 0;
     let mut sse_failures = 0u32;
     let mut ws_failures = 0u32;
+    // Set by the browser's `offline` event, cleared by `online`.
+    let mut offline_event = false;
     'outer: loop {
         if shared.is_closed() {
             break;
         }
-        if !online() {
+        if offline_event || !online() {
+            // Nothing is attempted while offline.
+            let by_event = offline_event;
             shared.set(Input::Offline);
             loop {
                 match recv(&mut rx, Some(1_000)).await {
                     Some(Msg::Close) => break 'outer,
                     Some(Msg::Online) => break,
-                    _ if online() => break,
+                    _ if !by_event && online() => break,
                     _ => {}
                 }
             }
+            offline_event = false;
             shared.set(Input::Online);
         }
         if shared.rooms.borrow().is_empty() {
             match recv(&mut rx, None).await {
                 Some(Msg::Close) => break,
-                _ => continue,
+                Some(Msg::Offline) => offline_event = true,
+                _ => {}
             }
+            continue;
         }
         let (kind, degraded) = shared.choose(level, ws_failures);
         shared.set(Input::Connect);
@@ -803,7 +810,11 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
         }
         match end {
             End::Close => break,
-            End::Again | End::Offline => continue,
+            End::Again => continue,
+            End::Offline => {
+                offline_event = true;
+                continue;
+            }
             End::Lost {
                 opened_for,
                 stalled,
@@ -857,7 +868,10 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
                         None => break,
                         Some(Msg::Close) => break 'outer,
                         Some(Msg::Online) | Some(Msg::Visible) => break,
-                        Some(Msg::Offline) => continue 'outer,
+                        Some(Msg::Offline) => {
+                            offline_event = true;
+                            continue 'outer;
+                        }
                         Some(_) => {}
                     }
                 }

@@ -480,3 +480,112 @@ async fn presence_and_broadcast_over_websocket() {
     a.close();
     b.close();
 }
+
+fn dispatch(target: &web_sys::EventTarget, name: &str) {
+    let event = web_sys::Event::new(name).unwrap();
+    target.dispatch_event(&event).unwrap();
+}
+
+fn is_reconnecting(c: &StateChange) -> bool {
+    matches!(c.state, ConnState::Reconnecting { .. })
+}
+
+#[wasm_bindgen_test]
+async fn waits_while_offline_and_reconnects_at_once_on_online_or_visible() {
+    let _serial = serial().await;
+    let mut o = options(URL, Some(TransportKind::Sse));
+    o.backoff.base_ms = 60_000;
+    o.backoff.cap_ms = 60_000;
+    o.random = Some(Box::new(|| 0.5)); // every backoff delay is 30 s
+    let client = Client::new(o).unwrap();
+    let (states, _s) = record_states(&client);
+    let name = unique("online");
+    let room = client.room(&name).unwrap();
+    assert!(wait_until(5_000, || client.state() == ConnState::Open).await);
+    let window = web_sys::window().unwrap();
+
+    dispatch(&window, "offline");
+    assert!(wait_until(2_000, || client.state() == ConnState::Offline).await);
+    server_put(&name, "a", json!(1)).await;
+    TimeoutFuture::new(500).await;
+    assert_eq!(room.seq(), 0, "nothing is received while offline");
+    assert_eq!(
+        client.state(),
+        ConnState::Offline,
+        "nothing is attempted while offline"
+    );
+    dispatch(&window, "online");
+    assert!(wait_until(3_000, || client.state() == ConnState::Open).await);
+    assert!(
+        wait_until(3_000, || room.seq() == 1).await,
+        "resumed after going online"
+    );
+
+    // A 30 s backoff wait is cut short by `online` …
+    client.drop_connection();
+    assert!(
+        wait_until(2_000, || states
+            .borrow()
+            .last()
+            .is_some_and(is_reconnecting))
+        .await
+    );
+    let delay = match client.state() {
+        ConnState::Reconnecting { delay_ms, .. } => delay_ms,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(delay, 30_000);
+    dispatch(&window, "online");
+    assert!(
+        wait_until(3_000, || client.state() == ConnState::Open).await,
+        "online reconnects at once"
+    );
+    // … and by the tab becoming visible.
+    client.drop_connection();
+    assert!(
+        wait_until(2_000, || states
+            .borrow()
+            .last()
+            .is_some_and(is_reconnecting))
+        .await
+    );
+    dispatch(&window.document().unwrap(), "visibilitychange");
+    assert!(
+        wait_until(3_000, || client.state() == ConnState::Open).await,
+        "visible reconnects at once"
+    );
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn honours_the_reconnect_hint_of_a_draining_server() {
+    let _serial = serial().await;
+    let mut o = options(URL, Some(TransportKind::Sse));
+    o.backoff.base_ms = 2_000;
+    o.backoff.cap_ms = 2_000;
+    o.random = Some(Box::new(|| 0.5)); // backoff delays are 1000 ms
+    let client = Client::new(o).unwrap();
+    let (states, _s) = record_states(&client);
+    let name = unique("drain");
+    let room = client.room(&name).unwrap();
+    assert!(wait_until(5_000, || client.state() == ConnState::Open).await);
+    server_put(&name, "a", json!(1)).await;
+    assert!(wait_until(3_000, || room.seq() == 1).await);
+    ctl("/stop?graceful=1").await;
+    let first = states.borrow().iter().find_map(|c| match c.state {
+        ConnState::Reconnecting { delay_ms, .. } => Some(delay_ms),
+        _ => None,
+    });
+    ctl("/start").await;
+    let first = first.expect("a reconnect after the drain");
+    assert!(
+        first <= 300,
+        "the server's retry_ms (within its 300 ms drain window) is used, not the 1000 ms backoff: {first}"
+    );
+    server_put(&name, "b", json!(2)).await;
+    assert!(
+        wait_until(5_000, || room.seq() == 2).await,
+        "resumed after the restart"
+    );
+    client.close();
+}
