@@ -76,8 +76,7 @@ let room = null;
 let generation = 0; // callbacks of a replaced client are ignored
 let stateTimer = null;
 let lastState = null;
-// The SDK removes a listener when its Subscription handle is freed (garbage collected), so the
-// page keeps every handle for as long as the client lives.
+// Listener handles of the current client, unsubscribed when the transport picker replaces it.
 let subscriptions = [];
 
 // ---------------------------------------------------------------- grid
