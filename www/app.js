@@ -132,7 +132,7 @@ function render() {
   const bestSet = new Set(best.keys);
   for (const b of document.querySelectorAll('[data-cell]')) {
     const key = b.dataset.cell;
-    const c = cells.get(key) || { count: 0, names: [], mine: false, minePending: false };
+    const c = cells.get(key) || { count: 0, names: [], owners: [], mine: false, minePending: false };
     const state = c.minePending ? 'pending' : c.mine ? 'mine' : c.count > 0 ? 'on' : 'off';
     if (b.dataset.state !== state) b.dataset.state = state;
     b.dataset.count = String(c.count);
@@ -141,7 +141,7 @@ function render() {
     const heat = c.count / people;
     b.style.setProperty('--heat', heat.toFixed(3));
     b.classList.toggle('dark', heat > 0.55);
-    b.textContent = c.count > 0 ? String(c.count) : '';
+    paintCell(b, c);
     b.setAttribute('aria-pressed', String(c.mine));
     const who = c.names.length ? c.names.join(', ') : 'nobody';
     b.title = `${cellLabel(key)} — free: ${who}${c.minePending ? ' (saving…)' : ''}`;
@@ -156,6 +156,30 @@ function render() {
   } else {
     note.textContent = '';
   }
+}
+
+/** The count, and one dot per person (in their colour) under it. */
+function paintCell(b, c) {
+  const sig = `${c.count}|${c.owners.join(',')}`;
+  if (b.dataset.sig === sig) return;
+  b.dataset.sig = sig;
+  const tags = [...b.querySelectorAll('.hover-tag')];
+  b.replaceChildren();
+  if (c.count > 0) {
+    const n = document.createElement('span');
+    n.className = 'n';
+    n.textContent = String(c.count);
+    const dots = document.createElement('span');
+    dots.className = 'dots';
+    dots.setAttribute('aria-hidden', 'true');
+    for (const owner of c.owners.slice(0, 6)) {
+      const i = document.createElement('i');
+      i.style.setProperty('--c', colorFor(owner));
+      dots.append(i);
+    }
+    b.append(n, dots);
+  }
+  b.append(...tags);
 }
 
 async function toggle(key) {

@@ -72,7 +72,7 @@ export function colorFor(clientId) {
  * Folds the room's items into per-cell facts.
  *
  * `items` is an iterable of `{id, value, version, pending}`. Returns a Map from cell key to
- * `{count, names, mine, minePending}`: `count` people mark the cell (my own mark counts as soon
+ * `{count, names, owners, mine, minePending}`: `count` people mark the cell (my own mark counts as soon
  * as I make it), `mine` is whether I mark it (optimistically), `minePending` whether my last
  * write to it is still unconfirmed.
  */
@@ -81,7 +81,7 @@ export function foldCells(items, me) {
   const cell = (k) => {
     let c = cells.get(k);
     if (!c) {
-      c = { count: 0, names: [], mine: false, minePending: false };
+      c = { count: 0, names: [], owners: [], mine: false, minePending: false };
       cells.set(k, c);
     }
     return c;
@@ -99,6 +99,7 @@ export function foldCells(items, me) {
     if (on) {
       c.count += 1;
       c.names.push(it.value.name || parsed.owner);
+      c.owners.push(parsed.owner);
       owners.add(parsed.owner);
     }
   }

@@ -137,9 +137,12 @@ export const LIVE_STATES = ['open', 'degraded'];
  * Resolves once #conn-state says the connection is live.
  */
 export async function openBoard(browser, baseUrl, board, {
-  transport, name, viewport = { width: 1280, height: 860 }, liveTimeoutMs = 15_000,
+  transport, name, clientId, viewport = { width: 1280, height: 860 }, liveTimeoutMs = 15_000,
 } = {}) {
   const context = await browser.newContext({ viewport });
+  if (clientId) {
+    await context.addInitScript((id) => localStorage.setItem('tidewire-demo:client-id', id), clientId);
+  }
   if (name) {
     await context.addInitScript((n) => {
       if (!localStorage.getItem('tidewire-demo:name')) localStorage.setItem('tidewire-demo:name', n);

@@ -497,13 +497,14 @@ describe('demo page', { timeout: 900_000 }, () => {
   }
 
   test('screenshot of the two-user board for the README (docs/demo.png)', { timeout: 120_000 }, async () => {
-    const board = boardId('shot');
+    const board = 'team-week'; // fixed, with fixed client ids, so the picture is stable
     const room = `board-${board}`;
     let a;
     let b;
     try {
-      a = await openBoard(browser, server.url, board, { name: 'Ada', viewport: { width: 1280, height: 900 } });
-      b = await openBoard(browser, server.url, board, { name: 'Grace', viewport: { width: 1280, height: 900 } });
+      const viewport = { width: 1280, height: 900 };
+      a = await openBoard(browser, server.url, board, { name: 'Ada', clientId: 'uadalovelace', viewport });
+      b = await openBoard(browser, server.url, board, { name: 'Grace', clientId: 'ugracehopper1', viewport });
       // A third person, through the REST API, so the heat map has three levels.
       for (const cell of ['1-10', '1-11', '2-14', '2-15', '3-10', '3-11', '0-16']) {
         const r = await restPut(server.url, room, `linus.${cell}`, { name: 'Linus', on: true });
