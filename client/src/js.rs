@@ -131,8 +131,11 @@ extern "C" {
     #[wasm_bindgen(typescript_type = "PresenceMember[]")]
     pub type Members;
     /// Write options.
-    #[wasm_bindgen(typescript_type = "WriteOptions | undefined")]
+    #[wasm_bindgen(typescript_type = "WriteOptions")]
     pub type WriteOptionsArg;
+    /// A transport name or undefined.
+    #[wasm_bindgen(typescript_type = "'sse' | 'ws' | 'longpoll' | 'poll' | undefined")]
+    pub type TransportValue;
     /// A promise of the server's event.
     #[wasm_bindgen(typescript_type = "Promise<TidewireEvent>")]
     pub type EventPromise;
@@ -301,8 +304,11 @@ impl JsClient {
     }
 
     /// The transport in use: `sse`, `ws`, `longpoll`, `poll`, or undefined before the first.
-    pub fn transport(&self) -> Option<String> {
-        self.0.transport().map(|t| t.as_str().to_owned())
+    pub fn transport(&self) -> TransportValue {
+        match self.0.transport() {
+            Some(t) => JsValue::from_str(t.as_str()).unchecked_into(),
+            None => JsValue::UNDEFINED.unchecked_into(),
+        }
     }
 
     /// The last applied seq of a room, or undefined.
@@ -332,8 +338,8 @@ impl JsClient {
 #[wasm_bindgen]
 pub struct Room(client::Room);
 
-fn write_if_match(opts: WriteOptionsArg) -> Option<u64> {
-    let v: JsValue = opts.into();
+fn write_if_match(opts: Option<WriteOptionsArg>) -> Option<u64> {
+    let v: JsValue = opts.map(Into::into).unwrap_or(JsValue::UNDEFINED);
     if v.is_undefined() || v.is_null() {
         return None;
     }
@@ -376,7 +382,12 @@ impl Room {
     }
 
     /// Optimistic put: resolves with the server's event, rejects (and rolls back) on refusal.
-    pub fn put(&self, id: String, value: JsValue, options: WriteOptionsArg) -> EventPromise {
+    pub fn put(
+        &self,
+        id: String,
+        value: JsValue,
+        options: Option<WriteOptionsArg>,
+    ) -> EventPromise {
         let if_match = write_if_match(options);
         // The optimistic value shows at once, before the promise is awaited.
         let write = from_js::<Value>(value).map(|v| self.0.put_if(&id, v, if_match));
@@ -384,13 +395,13 @@ impl Room {
     }
 
     /// Optimistic delete.
-    pub fn delete(&self, id: String, options: WriteOptionsArg) -> EventPromise {
+    pub fn delete(&self, id: String, options: Option<WriteOptionsArg>) -> EventPromise {
         let write = self.0.delete_if(&id, write_if_match(options));
         promise(async move { Ok(to_js(&write.await?)) })
     }
 
     /// Appends an application event `{type, data}` to the room's log.
-    pub fn publish(&self, event_type: String, data: JsValue) -> EventPromise {
+    pub fn publish(&self, event: String, data: JsValue) -> EventPromise {
         let room = self.0.clone();
         promise(async move {
             let data: Value = if data.is_undefined() {
@@ -398,7 +409,7 @@ impl Room {
             } else {
                 from_js(data)?
             };
-            Ok(to_js(&room.publish(&event_type, data).await?))
+            Ok(to_js(&room.publish(&event, data).await?))
         })
     }
 

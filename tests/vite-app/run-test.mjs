@@ -49,6 +49,7 @@ assert.ok(packedFiles.some((f) => f.endsWith('.wasm')), 'the .wasm is in the tar
 assert.ok(packedFiles.some((f) => f.endsWith('.d.ts')), 'TypeScript declarations are in the tarball');
 
 // 2. Install it into this app (without touching package.json / package-lock.json) and build.
+fs.rmSync(path.join(app, 'node_modules', 'tidewire'), { recursive: true, force: true }); // never a stale copy
 run('npm', ['install', '--no-save', '--no-audit', '--no-fund', tarball], { cwd: app, stdio: 'inherit' });
 const installed = path.join(app, 'node_modules', 'tidewire');
 const manifest = JSON.parse(fs.readFileSync(path.join(installed, 'package.json'), 'utf8'));
@@ -61,6 +62,9 @@ const dts = fs.readFileSync(path.join(installed, manifest.types), 'utf8');
 for (const t of ['ClientOptions', 'ConnectionState', 'RoomUpdate', 'RollbackInfo', 'class Client', 'class Room']) {
   assert.ok(dts.includes(t), `the declarations name ${t}`);
 }
+
+// The declarations type-check an application that uses every part of the API.
+run(path.join(app, 'node_modules', '.bin', 'tsc'), ['-p', path.join(app, 'tsconfig.json')], { stdio: 'inherit' });
 
 const vite = await import('vite');
 await vite.build({ root: app, logLevel: 'warn' });
