@@ -44,3 +44,23 @@ pub fn rng(label: &str) -> StdRng {
     println!("[{label}] seed {seed} (replay with TIDEWIRE_E2E_SEED={seed})");
     StdRng::seed_from_u64(seed)
 }
+
+/// Runs `make()`'s future on its own OS thread and runtime, so a CPU-heavy task of the test
+/// (a flood sender) cannot starve a client the test measures, and the other way round.
+/// Everything the future uses must be created inside it (sockets belong to their runtime).
+pub fn on_own_thread<F, Fut, T>(make: F) -> tokio::sync::oneshot::Receiver<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let _ = tx.send(rt.block_on(make()));
+    });
+    rx
+}

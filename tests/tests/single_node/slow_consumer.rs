@@ -1,5 +1,10 @@
 //! A client that never reads is disconnected; the server's memory stays bounded, other
 //! clients keep receiving, and the slow client resumes from its last id without loss.
+//!
+//! The volume comes from big `broadcast`s in a second room `flood` (ephemeral, so no database
+//! write per megabyte and the test stays fast); the small durable events published meanwhile
+//! in `firehose` are what the loss accounting counts. The slow client follows both rooms, the
+//! healthy one follows `firehose` only: it must not be held up by the slow one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,36 +13,64 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::json;
-use tidewire_protocol::{Envelope, ErrorCode, Event, RawAppEvent};
-use tidewire_tests::{metric_sum, Delivery, Error, Server, SseClient, SseRequest, WriteOptions};
+use tidewire_protocol::{ClientFrame, Envelope, ErrorCode, Event, RawAppEvent};
+use tidewire_tests::{
+    metric_sum, Delivery, Error, Server, SseClient, SseRequest, WriteOptions, WsClient,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::start;
+use crate::{on_own_thread, start};
 
-const EVENTS: u64 = 20_000;
-const WRITERS: u64 = 8;
+/// Durable events published during the flood (small).
+const DURABLE: u64 = 200;
+/// Broadcasts in the flood (override with `TIDEWIRE_E2E_SLOW_BROADCASTS`).
+fn broadcasts() -> usize {
+    std::env::var("TIDEWIRE_E2E_SLOW_BROADCASTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(320)
+}
+/// Bytes per broadcast: 320 x 256 KB = 80 MB, more than the memory budget.
+const BROADCAST_BYTES: usize = 256 * 1024;
 const RSS_BUDGET_KIB: u64 = 64 * 1024;
 
-/// Removes HTTP/1.1 chunked framing; stops at the first incomplete chunk.
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
+/// Removes HTTP/1.1 chunked framing; answers the body so far and whether the terminating
+/// chunk was seen.
+fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     loop {
         let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
-            return out;
+            return (out, false);
         };
         let size_text = String::from_utf8_lossy(&body[..eol]);
         let size_text = size_text.split(';').next().unwrap_or("").trim();
         let Ok(size) = usize::from_str_radix(size_text, 16) else {
-            return out;
+            return (out, false);
         };
-        if size == 0 || body.len() < eol + 2 + size {
-            out.extend_from_slice(
-                &body[(eol + 2).min(body.len())..(eol + 2 + size).min(body.len())],
-            );
-            return out;
+        if size == 0 {
+            return (out, true);
         }
-        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
-        body = &body[(eol + 4 + size).min(body.len())..];
+        let data = &body[eol + 2..];
+        if data.len() < size {
+            out.extend_from_slice(data);
+            return (out, false);
+        }
+        out.extend_from_slice(&data[..size]);
+        body = &data[(size + 2).min(data.len())..];
+    }
+}
+
+/// Splits a raw HTTP/1.1 response into its lower-cased head and its decoded body, and says
+/// whether the body is complete.
+fn split_response(raw: &[u8]) -> Option<(String, Vec<u8>, bool)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let rest = &raw[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        let (body, complete) = dechunk(rest);
+        Some((head, body, complete))
+    } else {
+        Some((head, rest.to_vec(), false))
     }
 }
 
@@ -46,31 +79,37 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
     let server = start(
         Server::builder()
             .unlimited_writes()
-            .flag("queue-capacity", 256),
+            .flag("queue-capacity", 64),
     );
     let rest = server.rest();
     let addr = server.addr();
 
-    // A healthy client reads everything as it comes.
-    let mut healthy = SseClient::connect(
-        &server.url(),
-        &SseRequest::rooms(&["firehose"]).since("firehose=0"),
-    )
-    .await
-    .expect("SSE opens");
-    let healthy_task = tokio::spawn(async move {
+    // A healthy client reads everything as it comes (on its own thread and runtime).
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let url = server.url();
+    let healthy_task = on_own_thread(move || async move {
+        let mut healthy =
+            SseClient::connect(&url, &SseRequest::rooms(&["firehose"]).since("firehose=0"))
+                .await
+                .expect("SSE opens");
+        let _ = ready_tx.send(());
         let mut seqs = Vec::new();
-        while (seqs.len() as u64) < EVENTS {
-            match healthy.next_durable(Duration::from_secs(30)).await {
-                Ok(ev) => seqs.push(ev.envelope.seq.expect("durable")),
+        let mut others = Vec::new();
+        while (seqs.len() as u64) < DURABLE {
+            match healthy.next(Duration::from_secs(30)).await {
+                Ok(ev) => match ev.envelope.seq {
+                    Some(seq) => seqs.push(seq),
+                    None => others.push(ev.envelope.event.event_type().into_owned()),
+                },
                 Err(e) => {
                     println!("healthy client stopped after {} events: {e}", seqs.len());
                     break;
                 }
             }
         }
-        seqs
+        (seqs, others)
     });
+    ready_rx.await.expect("the healthy client connects");
 
     // The slow client: a raw socket with a tiny receive buffer that sends the request and
     // then reads nothing.
@@ -79,8 +118,8 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
     let mut slow = socket.connect(addr).await.expect("connect");
     slow.write_all(
         format!(
-            "GET /v1/sse?rooms=firehose&since=firehose%3D0 HTTP/1.1\r\nHost: {addr}\r\n\
-             Accept: text/event-stream\r\n\r\n"
+            "GET /v1/sse?rooms=firehose,flood&since=firehose%3D0 HTTP/1.1\r\nHost: {addr}\r\n\
+             Accept: text/event-stream\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     )
@@ -90,32 +129,40 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
 
     let baseline = server.rss_kib().expect("rss");
     let max_rss = Arc::new(AtomicU64::new(baseline));
-    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let rest = rest.clone();
-            let next = Arc::clone(&next);
-            tokio::spawn(async move {
-                let pad = "x".repeat(1000);
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= EVENTS {
-                        return;
-                    }
-                    rest.publish(
-                        "firehose",
-                        "test.bulk",
-                        &json!({"i": i, "pad": pad}),
-                        &WriteOptions::default(),
-                    )
-                    .await
-                    .expect("publish reaches the server")
-                    .ok();
-                }
-            })
+    let writer = {
+        let rest = rest.clone();
+        tokio::spawn(async move {
+            for i in 0..DURABLE {
+                rest.publish(
+                    "firehose",
+                    "test.tick",
+                    &json!({"i": i, "pad": "x".repeat(1000)}),
+                    &WriteOptions::default(),
+                )
+                .await
+                .expect("publish reaches the server")
+                .ok();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         })
-        .collect();
+    };
+    let ws_url = server.ws_url();
+    let flood = on_own_thread(move || async move {
+        let mut ws = WsClient::connect(&ws_url, Some("flood")).await.expect("ws");
+        let pad = "y".repeat(BROADCAST_BYTES);
+        for i in 0..broadcasts() {
+            ws.send(&ClientFrame::Broadcast {
+                r#ref: None,
+                room: "flood".into(),
+                event: "flood".into(),
+                data: json!({"i": i, "pad": pad}),
+            })
+            .await
+            .expect("broadcast sent");
+        }
+        ws.ping().await.expect("the flood connection still works");
+    });
     let pid_rss = {
         let max_rss = Arc::clone(&max_rss);
         let pid = server.pid().expect("running");
@@ -135,27 +182,33 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
             }
         })
     };
-    for w in writers {
-        w.await.expect("writer");
-    }
+    writer.await.expect("writer");
+    flood.await.expect("the flood ran");
     let publish_time = started.elapsed();
 
     // The slow socket must now end: read what the kernel buffered, then EOF.
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    // Ended: EOF, a reset, or the terminating chunk of the response.
     let closed = loop {
         match tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf)).await {
             Ok(Ok(0)) => break true,
-            Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
-            Ok(Err(_)) => break true, // reset by the server also ends it
+            Ok(Ok(n)) => {
+                raw.extend_from_slice(&buf[..n]);
+                if split_response(&raw).is_some_and(|(_, _, complete)| complete) {
+                    break true;
+                }
+            }
+            Ok(Err(_)) => break true,
             Err(_) => break false,
         }
     };
     pid_rss.abort();
-    let healthy_seqs = tokio::time::timeout(Duration::from_secs(60), healthy_task)
-        .await
-        .expect("healthy client finishes")
-        .expect("healthy task");
+    let (healthy_seqs, healthy_others) =
+        tokio::time::timeout(Duration::from_secs(60), healthy_task)
+            .await
+            .expect("healthy client finishes")
+            .expect("healthy task");
     let metrics = rest.metrics().await.unwrap_or_default();
     let slow_metric: f64 = metrics
         .lines()
@@ -164,8 +217,10 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
         .sum();
     let peak = max_rss.load(Ordering::SeqCst);
     println!(
-        "published {EVENTS} events in {publish_time:?}; slow socket got {} bytes, closed={closed}; \
+        "published {DURABLE} events and {} broadcasts of {BROADCAST_BYTES} bytes in {publish_time:?} \
+         (healthy client's other events: {healthy_others:?}); slow socket got {} bytes, closed={closed}; \
          rss baseline={baseline} KiB peak={peak} KiB (+{} KiB); slow_consumer metric sum={slow_metric} ({:?})",
+        broadcasts(),
         raw.len(),
         peak.saturating_sub(baseline),
         metric_sum(&metrics, "tidewire_slow_consumer_disconnects_total"),
@@ -183,30 +238,21 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
 
     // Others kept receiving.
     let mut others = Delivery::default();
-    others.expect("firehose", 1..=EVENTS);
+    others.expect("firehose", 1..=DURABLE);
     for seq in &healthy_seqs {
         others.received("firehose", *seq);
     }
     others.assert_exact("healthy client during the slow one");
 
     // What the slow client did get is a gap-free prefix; then it resumes from its last id.
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response headers");
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let (head, body, _) = split_response(&raw).expect("response headers");
     assert!(
         head.starts_with("http/1.1 200"),
         "slow client's answer: {head}"
     );
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(&raw[head_end + 4..])
-    } else {
-        raw[head_end + 4..].to_vec()
-    };
     let mut parsed = futures::stream::iter([Ok::<_, std::convert::Infallible>(body)]).eventsource();
     let mut slow_delivery = Delivery::default();
-    slow_delivery.expect("firehose", 1..=EVENTS);
+    slow_delivery.expect("firehose", 1..=DURABLE);
     let mut last_id = String::new();
     let mut got_error = None;
     while let Some(Ok(ev)) = parsed.next().await {
@@ -236,7 +282,7 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
     );
     let mut resumed = SseClient::connect(
         &server.url(),
-        &SseRequest::rooms(&["firehose"]).last_event_id(&last_id),
+        &SseRequest::rooms(&["firehose", "flood"]).last_event_id(&last_id),
     )
     .await
     .expect("the slow client reconnects");
@@ -245,7 +291,7 @@ async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
             Ok(ev) => {
                 let seq = ev.envelope.seq.expect("durable");
                 slow_delivery.received("firehose", seq);
-                if seq == EVENTS {
+                if seq == DURABLE {
                     break;
                 }
             }
