@@ -403,7 +403,7 @@ function setSeq(seq) {
 
 // ---------------------------------------------------------------- event log
 
-function log(kind, type, seq, detail, full) {
+function log(kind, type, seq, detail, full, raw) {
   const ol = $('#event-log');
   const li = document.createElement('li');
   li.dataset.kind = kind;
@@ -424,6 +424,27 @@ function log(kind, type, seq, detail, full) {
   d.textContent = detail || '';
   d.title = full || detail || '';
   li.append(t, ty, sq, d);
+  if (raw !== undefined) {
+    // Click an entry to see the whole envelope as it came off the wire.
+    li.classList.add('expandable');
+    li.tabIndex = 0;
+    li.setAttribute('aria-expanded', 'false');
+    const flip = () => {
+      let pre = li.querySelector('pre');
+      if (!pre) {
+        pre = document.createElement('pre');
+        pre.textContent = JSON.stringify(raw, null, 2);
+        pre.addEventListener('click', (e) => e.stopPropagation()); // let people select text
+        li.append(pre);
+        li.setAttribute('aria-expanded', 'true');
+      } else {
+        pre.remove();
+        li.setAttribute('aria-expanded', 'false');
+      }
+    };
+    li.addEventListener('click', flip);
+    li.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); flip(); } });
+  }
   ol.prepend(li);
   while (ol.children.length > LOG_MAX) ol.lastElementChild.remove();
 }
@@ -466,7 +487,7 @@ function logEnvelope(raw) {
   } else {
     detail = JSON.stringify(data).slice(0, 120);
   }
-  log(kind, type, ev.seq ?? null, detail, full);
+  log(kind, type, ev.seq ?? null, detail, full, ev);
 }
 
 // ---------------------------------------------------------------- SDK wiring

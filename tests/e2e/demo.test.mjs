@@ -324,6 +324,13 @@ describe('demo page', { timeout: 900_000 }, () => {
       assert.deepEqual(entries[0], ['item.put', 60]);
       const seqs = entries.filter(([type]) => type === 'item.put').map(([, seq]) => seq);
       assert.deepEqual(seqs, [...seqs].sort((x, y) => y - x), 'newest first');
+      // An entry opens to the whole envelope, as it came off the wire.
+      await a.click('#event-log li:first-child');
+      const envelope = JSON.parse(await a.locator('#event-log li:first-child pre').textContent());
+      assert.equal(envelope.type, 'item.put');
+      assert.equal(envelope.seq, 60);
+      assert.equal(envelope.room, room);
+      assert.equal(envelope.data.id, 'w59.3-19');
       await agreesWithServer(a, server.url, room);
     } finally {
       await closeAll(a);
@@ -432,8 +439,8 @@ describe('demo page', { timeout: 900_000 }, () => {
     }
   });
 
-  for (const transport of ['auto', 'sse', 'longpoll']) {
-    test(`both pages recover from a server restart; REST writes made right after it show once in both (${transport})`, { timeout: 120_000 }, async (t) => {
+  for (const [transport, signal] of [['auto', 'SIGKILL'], ['sse', 'SIGKILL'], ['longpoll', 'SIGKILL'], ['auto', 'SIGTERM']]) {
+    test(`both pages recover from a server restart; REST writes made right after it show once in both (${transport}, ${signal})`, { timeout: 120_000 }, async (t) => {
       const first = await startServer();
       let second;
       let a;
@@ -452,7 +459,9 @@ describe('demo page', { timeout: 900_000 }, () => {
         await waitCell(a, '1-9', { state: 'mine', count: 2 });
 
         const transports = [await transportOf(a), await transportOf(b)];
-        await first.stop('SIGKILL');
+        // SIGKILL: a crash. SIGTERM: a graceful restart (the server tells every page to
+        // reconnect after a spread-out delay, then drains).
+        await first.stop(signal);
         for (const p of [a, b]) {
           await p.waitForFunction(() => document.querySelector('#conn-state').dataset.state !== 'open', null, { timeout: 15_000 });
         }
