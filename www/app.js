@@ -128,6 +128,9 @@ function render() {
   const { cells, owners } = foldCells(items.values(), me);
   for (const m of members) owners.add(memberId(m));
   const people = Math.max(owners.size, 1);
+  // Names as people call themselves now (presence), else as they were when they marked.
+  const current = new Map(members.map((m) => [memberId(m), memberMeta(m).name]));
+  current.set(me, myName);
   const best = bestCells(cells);
   const bestSet = new Set(best.keys);
   for (const b of document.querySelectorAll('[data-cell]')) {
@@ -143,7 +146,9 @@ function render() {
     b.classList.toggle('dark', heat > 0.55);
     paintCell(b, c);
     b.setAttribute('aria-pressed', String(c.mine));
-    const who = c.names.length ? c.names.join(', ') : 'nobody';
+    const who = c.names.length
+      ? c.owners.map((o, i) => String(current.get(o) || c.names[i])).join(', ')
+      : 'nobody';
     b.title = `${cellLabel(key)} — free: ${who}${c.minePending ? ' (saving…)' : ''}`;
     b.setAttribute('aria-label', b.title);
   }
@@ -578,6 +583,7 @@ function wireControls() {
       storageSet(STORE.name, v);
       joinPresence();
       renderPresence();
+      render();
     }, 300);
   });
 
