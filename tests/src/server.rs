@@ -10,8 +10,9 @@
 //! ```
 //!
 //! The binary is found beside the test executable (`target/debug/tidewire`), or in
-//! `TIDEWIRE_BIN`; when absent it is built once with `cargo build -p tidewire-server --bin
-//! tidewire` into the same target directory. The child is killed when the [`Server`] drops.
+//! `TIDEWIRE_BIN`; when absent, or older than a file under `server/` or `shared/src`, it is
+//! built once with `cargo build -p tidewire-server --bin tidewire` into the same target
+//! directory. The child is killed when the [`Server`] drops.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -298,7 +299,40 @@ fn drain_into(mut from: impl Read, log: &Mutex<String>) {
     }
 }
 
-/// The path of the `tidewire` binary, building it once when it is missing.
+/// Whether a source file of the server or the protocol crate changed after `bin` was built.
+fn sources_newer_than(bin: &Path) -> bool {
+    fn newest(dir: &Path, depth: usize) -> Option<std::time::SystemTime> {
+        let mut best = None;
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let meta = entry.metadata().ok()?;
+            let t = if meta.is_dir() && depth > 0 {
+                newest(&entry.path(), depth - 1)
+            } else {
+                meta.modified().ok()
+            };
+            best = best.max(t);
+        }
+        best
+    }
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["server/src", "server/Cargo.toml", "shared/src"]
+        .iter()
+        .map(|p| workspace.join(p))
+        .filter_map(|p| {
+            if p.is_dir() {
+                newest(&p, 8)
+            } else {
+                std::fs::metadata(&p).and_then(|m| m.modified()).ok()
+            }
+        })
+        .any(|t| t > built)
+}
+
+/// The path of the `tidewire` binary, building it once when it is missing or older than the
+/// server's sources.
 pub fn binary() -> Result<PathBuf> {
     static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(find_or_build).clone().map_err(Error::Start)
@@ -316,7 +350,7 @@ fn find_or_build() -> std::result::Result<PathBuf, String> {
         .and_then(Path::parent)
         .ok_or_else(|| format!("cannot place the binary beside {}", exe.display()))?;
     let bin = profile_dir.join("tidewire");
-    if bin.exists() {
+    if bin.exists() && !sources_newer_than(&bin) {
         return Ok(bin);
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
