@@ -20,17 +20,22 @@ use web_sys::{AbortSignal, Headers, RequestInit, Response};
 
 use crate::Error;
 
-/// Converts a JavaScript value into a Rust value through serde.
+fn bad_json(e: impl std::fmt::Display) -> Error {
+    Error::Protocol(tidewire_protocol::ProtocolError::BadJson(e.to_string()))
+}
+
+/// Converts a JavaScript value into a Rust value. Everything goes through one
+/// `serde_json::Value` step, so each type's `Deserialize` is compiled once (for `Value`, which
+/// the protocol crate needs anyway) instead of once per deserializer: a smaller module.
 pub(crate) fn from_js<T: DeserializeOwned>(value: JsValue) -> Result<T, Error> {
-    serde_wasm_bindgen::from_value(value)
-        .map_err(|e| Error::Protocol(tidewire_protocol::ProtocolError::BadJson(e.to_string())))
+    let value: Value = serde_wasm_bindgen::from_value(value).map_err(bad_json)?;
+    serde_json::from_value(value).map_err(bad_json)
 }
 
 /// Decodes an envelope from a parsed JavaScript value.
 pub(crate) fn envelope_from_js(value: JsValue) -> Result<Envelope, Error> {
-    Ok(Envelope::decode_from(
-        serde_wasm_bindgen::Deserializer::from(value),
-    )?)
+    let value: Value = serde_wasm_bindgen::from_value(value).map_err(bad_json)?;
+    Ok(Envelope::decode_from(value)?)
 }
 
 /// Parses JSON text with the browser's parser.
@@ -114,7 +119,7 @@ fn problem_error(status: u16, json: Option<JsValue>) -> Error {
         title: Option<String>,
         current: Option<Item>,
     }
-    let prob: Option<Prob> = json.and_then(|j| serde_wasm_bindgen::from_value(j).ok());
+    let prob: Option<Prob> = json.and_then(|j| from_js(j).ok());
     let fallback = match status {
         409 => ErrorCode::VersionConflict,
         404 => ErrorCode::NotFound,
