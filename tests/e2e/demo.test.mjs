@@ -521,8 +521,17 @@ describe('demo page', { timeout: 900_000 }, () => {
       }
       const ada = ['0-9', '0-10', '1-10', '1-11', '1-12', '2-14', '3-10', '3-11', '4-9', '4-10'];
       const grace = ['1-10', '1-11', '2-13', '2-14', '2-15', '3-11', '4-10', '4-16', '4-17'];
-      for (const c of ada) await toggle(a, c);
-      for (const c of grace) await toggle(b, c);
+      // One at a time, each confirmed before the next, so the log in the picture is the same
+      // on every run.
+      for (const c of ada) {
+        await toggle(a, c);
+        await waitCell(a, c, { state: 'mine' });
+      }
+      for (const c of grace) {
+        await toggle(b, c);
+        await waitCell(b, c, { state: 'mine' });
+        await waitCell(a, c, { state: ['on', 'mine'] });
+      }
       await waitCell(a, '1-11', { state: 'mine', count: 3 });
       await waitCell(a, '3-11', { state: 'mine', count: 3 });
       await waitCell(a, '4-17', { state: 'on', count: 1 });
