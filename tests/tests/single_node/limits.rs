@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::json;
 use tidewire_protocol::ErrorCode;
-use tidewire_tests::{Error, Server, SseClient, SseRequest, WriteOptions};
+use tidewire_tests::{Error, Server, SseClient, SseRequest, WriteOptions, WsClient};
 
 use crate::start;
 
@@ -86,4 +86,75 @@ async fn write_burst_over_the_rate_is_429_with_retry_after() {
     }
     let history = rest.history_all("r", 0).await.expect("history");
     assert_eq!(history.len(), ok, "refused writes append nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_counts_sse_and_websocket_together() {
+    let server = start(Server::builder().flag("max-connections-per-client", 3));
+    let _sse1 = SseClient::connect(&server.url(), &SseRequest::rooms(&["a"]))
+        .await
+        .expect("sse 1");
+    let _sse2 = SseClient::connect(&server.url(), &SseRequest::rooms(&["a"]))
+        .await
+        .expect("sse 2");
+    let mut ws = WsClient::connect(&server.ws_url(), None)
+        .await
+        .expect("ws 3");
+    ws.ping().await.expect("ping");
+    match WsClient::connect(&server.ws_url(), None).await {
+        Err(Error::WebSocket(e)) => match *e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status().as_u16(), 429);
+                let body = resp.body().clone().unwrap_or_default();
+                let problem: tidewire_protocol::Problem =
+                    serde_json::from_slice(&body).expect("a problem body");
+                assert_eq!(problem.code, ErrorCode::TooManyConnections);
+            }
+            other => panic!("expected an HTTP 429 refusal, got {other}"),
+        },
+        other => panic!("expected the 4th connection refused, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_per_connection_limit_applies_to_every_transport() {
+    let server = start(Server::builder().flag("max-rooms-per-connection", 2));
+    let three = ["a", "b", "c"];
+    match SseClient::connect(&server.url(), &SseRequest::rooms(&three)).await {
+        Err(Error::Problem(p)) => assert_eq!(p.code, ErrorCode::TooManyRooms),
+        other => panic!("SSE with 3 rooms: {other:?}"),
+    }
+    let answer = server.rest().poll(&three, None, 0).await.expect("poll");
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.problem().code, ErrorCode::TooManyRooms);
+    let mut ws = WsClient::connect(&server.ws_url(), None).await.expect("ws");
+    ws.send_text(r#"{"type":"subscribe","ref":"s","rooms":["a","b","c"]}"#)
+        .await
+        .expect("send");
+    match ws.reply("s", crate::T).await {
+        Ok(tidewire_protocol::ServerFrame::Error { code, .. }) => {
+            assert_eq!(code, ErrorCode::TooManyRooms)
+        }
+        Ok(tidewire_protocol::ServerFrame::Ack { result: Err(e), .. }) => {
+            assert_eq!(e.code, ErrorCode::TooManyRooms)
+        }
+        other => panic!("WS subscribe with 3 rooms: {other:?}"),
+    }
+    // Two rooms are fine, and a second subscribe may not push the total over the limit.
+    ws.subscribe(&["a", "b"], None, false)
+        .await
+        .expect("two rooms");
+    ws.send_text(r#"{"type":"subscribe","ref":"t","rooms":["c"]}"#)
+        .await
+        .expect("send");
+    match ws.reply("t", crate::T).await {
+        Ok(tidewire_protocol::ServerFrame::Error { code, .. }) => {
+            assert_eq!(code, ErrorCode::TooManyRooms)
+        }
+        Ok(tidewire_protocol::ServerFrame::Ack { result: Err(e), .. }) => {
+            assert_eq!(e.code, ErrorCode::TooManyRooms)
+        }
+        other => panic!("a third room on the connection: {other:?}"),
+    }
+    ws.ping().await.expect("still open");
 }

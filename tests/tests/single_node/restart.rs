@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde_json::json;
-use tidewire_protocol::Envelope;
-use tidewire_tests::{Delivery, Error, Rest, Server, SseClient, SseRequest, WriteOptions};
+use tidewire_protocol::{Cursor, Envelope};
+use tidewire_tests::{
+    Delivery, Error, Rest, Server, SseClient, SseRequest, WriteOptions, WsClient,
+};
 
 use crate::{rng, start, T};
 
@@ -29,6 +31,11 @@ async fn kill_9_keeps_every_acknowledged_write_exactly_once() {
     )
     .await
     .expect("SSE opens");
+    // And one over WebSocket.
+    let mut ws = WsClient::connect(&server.ws_url(), None).await.expect("ws");
+    ws.subscribe(&ROOMS, Some("crash-a=0,crash-b=0"), false)
+        .await
+        .expect("subscribe");
 
     let acked: Arc<Mutex<BTreeMap<String, Envelope>>> = Arc::default();
     let unacked: Arc<Mutex<Vec<(String, String, usize)>>> = Arc::default();
@@ -105,6 +112,23 @@ async fn kill_9_keeps_every_acknowledged_write_exactly_once() {
         }
     }
     drop(sse);
+    let mut ws_delivery = Delivery::default();
+    let mut ws_cursor = Cursor::new();
+    for room in ROOMS {
+        ws_cursor.set(room, 0);
+    }
+    loop {
+        match ws.next_durable(Duration::from_millis(500)).await {
+            Ok(env) => {
+                let seq = env.seq.expect("durable");
+                ws_delivery.received(&env.room, seq);
+                ws_cursor.set(&env.room, seq);
+            }
+            Err(Error::Timeout { .. } | Error::Closed(_) | Error::WebSocket(_)) => break,
+            Err(e) => panic!("WS before the crash: {e}"),
+        }
+    }
+    drop(ws);
 
     tokio::task::block_in_place(|| server.restart()).expect("restart on the same file and port");
 
@@ -184,5 +208,21 @@ async fn kill_9_keeps_every_acknowledged_write_exactly_once() {
         c.lost,
         c.duplicated
     );
-    delivery.assert_exact("restart");
+    delivery.assert_exact("restart: SSE");
+
+    // The WebSocket client resumes from its positions too.
+    let mut ws = WsClient::connect(&server.ws_url(), None)
+        .await
+        .expect("ws after restart");
+    ws.subscribe(&ROOMS, Some(&ws_cursor.to_string()), false)
+        .await
+        .expect("subscribe after restart");
+    while (ws_delivery.counts().delivered as u64) < total {
+        let env = ws.next_durable(T).await.expect("resumed event");
+        ws_delivery.received(&env.room, env.seq.expect("durable"));
+    }
+    for room in ROOMS {
+        ws_delivery.expect(room, 1..=heads[room]);
+    }
+    ws_delivery.assert_exact("restart: WebSocket");
 }

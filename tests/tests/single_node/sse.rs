@@ -179,3 +179,44 @@ async fn sse_ephemeral_events_carry_no_id() {
         "ephemeral block has an id: {block:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_wins_over_since_and_missing_rooms_start_now() {
+    let server = start(Server::builder());
+    let rest = server.rest();
+    for room in ["a", "b"] {
+        for i in 0..3 {
+            rest.put(room, &format!("x{i}"), &json!(i), &WriteOptions::default())
+                .await
+                .expect("put")
+                .ok();
+        }
+    }
+    // The header says a=2, the query a=0: the header wins, so only a=3 is replayed; b is not
+    // in the cursor and starts at its head (3).
+    let mut sse = SseClient::connect(
+        &server.url(),
+        &SseRequest::rooms(&["a", "b"])
+            .since("a=0")
+            .last_event_id("a=2"),
+    )
+    .await
+    .expect("SSE opens");
+    let first = sse.next_durable(T).await.expect("replayed event");
+    assert_eq!(
+        (first.envelope.room.as_str(), first.envelope.seq),
+        ("a", Some(3))
+    );
+    let id: Cursor = first.id.parse().expect("cursor");
+    assert_eq!((id.get("a"), id.get("b")), (Some(3), Some(3)));
+    rest.put("b", "live", &json!(1), &WriteOptions::default())
+        .await
+        .expect("put")
+        .ok();
+    let next = sse.next_durable(T).await.expect("live event");
+    assert_eq!(
+        (next.envelope.room.as_str(), next.envelope.seq),
+        ("b", Some(4)),
+        "b was not replayed from 0"
+    );
+}
