@@ -101,6 +101,9 @@ pub async fn handler(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // When the stream ends (slow consumer, shutdown) the connection closes too, so a client
+    // that stopped reading is really let go; EventSource reconnects on a new one anyway.
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     Ok(res)
 }
 
