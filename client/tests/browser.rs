@@ -589,3 +589,37 @@ async fn honours_the_reconnect_hint_of_a_draining_server() {
     );
     client.close();
 }
+
+#[wasm_bindgen_test]
+async fn one_connection_carries_every_room_and_adding_one_loses_nothing() {
+    let _serial = serial().await;
+    let client = Client::new(options(URL, None)).unwrap();
+    let first = unique("multi-a");
+    let second = unique("multi-b");
+    let a = client.room(&first).unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let _u = a.subscribe(move |u| {
+        if let Cause::Event(e) = &u.event {
+            s.borrow_mut().push(e.seq.unwrap());
+        }
+    });
+    assert!(wait_until(5_000, || client.state() == ConnState::Open).await);
+    server_put(&first, "x", json!(1)).await;
+    assert!(wait_until(3_000, || a.seq() == 1).await);
+    // Adding a room reconnects the one SSE stream with the full cursor.
+    let b = client.room(&second).unwrap();
+    server_put(&first, "y", json!(2)).await;
+    server_put(&second, "z", json!(3)).await;
+    server_put(&first, "w", json!(4)).await;
+    assert!(
+        wait_until(5_000, || a.seq() == 3 && b.seq() == 1).await,
+        "a {} b {}",
+        a.seq(),
+        b.seq()
+    );
+    assert_eq!(*seen.borrow(), vec![1, 2, 3]);
+    assert_eq!(client.transport(), Some(TransportKind::Sse));
+    assert_eq!(b.items()[0].value, json!(3));
+    client.close();
+}
