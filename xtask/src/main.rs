@@ -331,8 +331,12 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
         let dir = ctx.root.join(step.dir);
         let t0 = Instant::now();
         let outcome = match step.action {
-            Action::Cargo(args) => run(&dir, &ctx.cargo, args, &env).map(|o| o.summaries),
-            Action::Exec(program, args) => run(&dir, program, args, &env).map(|o| o.summaries),
+            Action::Cargo(args) => with_free_ports(args)
+                .and_then(|args| run(&dir, &ctx.cargo, &strs(&args), &env))
+                .map(|o| o.summaries),
+            Action::Exec(program, args) => with_free_ports(args)
+                .and_then(|args| run(&dir, program, &strs(&args), &env))
+                .map(|o| o.summaries),
             Action::NpmCi => setup::npm_ci(&dir).map(|()| Vec::new()),
         };
         let took = t0.elapsed();
@@ -371,6 +375,32 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
     );
     print_report(&report, &summaries);
     Ok(())
+}
+
+/// The arguments with each [`steps::FREE_PORT`] replaced by a port that is free now.
+fn with_free_ports(args: &[&str]) -> Result<Vec<String>, Error> {
+    // Hold every listener until all ports are chosen, so they are distinct.
+    let mut held = Vec::new();
+    let mut out = Vec::with_capacity(args.len());
+    for &arg in args {
+        if arg == steps::FREE_PORT {
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Spawn {
+                    program: "a free port".into(),
+                    reason: e.to_string(),
+                })?;
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            held.push(listener);
+            out.push(port.to_string());
+        } else {
+            out.push(arg.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// The step table, then the test runners' own summary lines, last.

@@ -20,6 +20,10 @@ pub const WASM_PACK_BUILD: &[&str] = &[
     "pkg",
 ];
 
+/// An argument replaced by a free loopback port when the step runs (each occurrence gets its
+/// own), so a step never collides with a server someone else left running.
+pub const FREE_PORT: &str = "{free-port}";
+
 /// Which part of the run a step belongs to. `--quick` runs only [`Group::Lint`],
 /// [`Group::Native`] and [`Group::Wasm`] steps that need no browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +140,15 @@ pub const STEPS: &[Step] = &[
         Native,
         None,
         ".",
-        Cargo(&["test", "-p", "tidewire-protocol", "--features", "ts"]),
+        // `--lib`: the crate's other tests already ran in "native tests".
+        Cargo(&[
+            "test",
+            "-p",
+            "tidewire-protocol",
+            "--features",
+            "ts",
+            "--lib",
+        ]),
     ),
     Step::new(
         "protocol crate on wasm32",
@@ -171,6 +183,12 @@ pub const STEPS: &[Step] = &[
             "-p",
             "tidewire-harness",
             "--",
+            "--port",
+            FREE_PORT,
+            "--ctl-port",
+            FREE_PORT,
+            "--proxy-port",
+            FREE_PORT,
             "--",
             "wasm-pack",
             "test",
