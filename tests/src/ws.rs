@@ -65,6 +65,33 @@ impl WsClient {
         })
     }
 
+    /// Connects over a TCP stream the caller opened (e.g. with a small receive buffer).
+    pub async fn connect_over(
+        base: &str,
+        client_id: Option<&str>,
+        stream: TcpStream,
+    ) -> Result<WsClient> {
+        let base = base.trim_end_matches('/').replacen("http://", "ws://", 1);
+        let mut url = format!("{base}/v1/ws");
+        if let Some(id) = client_id {
+            url.push_str(&format!("?client_id={id}"));
+        }
+        let (ws, _resp) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            after: Duration::from_secs(10),
+            what: "the WebSocket handshake".into(),
+        })??;
+        Ok(WsClient {
+            ws,
+            queued: VecDeque::new(),
+            next_ref: 0,
+        })
+    }
+
     /// A fresh `ref` for a frame.
     pub fn new_ref(&mut self) -> String {
         self.next_ref += 1;
