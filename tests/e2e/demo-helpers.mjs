@@ -41,6 +41,12 @@ export function findBinary() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// Servers still running when the test process exits (a failed or cancelled test) are killed.
+const running = new Set();
+process.once('exit', () => {
+  for (const p of running) p.kill('SIGKILL');
+});
+
 /**
  * Starts `tidewire serve` and resolves once it prints `tidewire listening on http://ADDR`.
  * Pass `port` and `dir` to restart on the same address and database.
@@ -68,7 +74,11 @@ export async function startServer({ port, dir, readyTimeoutMs = 20_000 } = {}) {
   };
   proc.stdout.on('data', onData);
   proc.stderr.on('data', onData);
-  const exited = new Promise((r) => proc.once('exit', (code, signal) => r({ code, signal })));
+  running.add(proc);
+  const exited = new Promise((r) => proc.once('exit', (code, signal) => {
+    running.delete(proc);
+    r({ code, signal });
+  }));
 
   const ready = await new Promise((res) => {
     const timer = setTimeout(() => res(false), readyTimeoutMs);
