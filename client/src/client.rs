@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::channel::oneshot;
 use futures::future::{select, Either};
 use futures::StreamExt;
 use gloo_events::EventListener;
@@ -253,7 +254,12 @@ pub(crate) struct Shared {
     conn: RefCell<Conn>,
     rooms: RefCell<BTreeMap<String, Rc<RoomShared>>>,
     states: Listeners<StateChange>,
+    /// Writes sent over the WebSocket, waiting for their `ack`, by `ref`. Dropped (failing
+    /// the writes, which then retry) when the connection ends.
+    acks: RefCell<BTreeMap<String, oneshot::Sender<AckResult>>>,
 }
+
+type AckResult = Result<Option<Envelope>, tidewire_protocol::AckError>;
 
 fn now_ms() -> u64 {
     js_sys::Date::now() as u64
@@ -331,6 +337,7 @@ impl Client {
             }),
             rooms: RefCell::new(BTreeMap::new()),
             states: Listeners::new(),
+            acks: RefCell::new(BTreeMap::new()),
         });
         shared.listen_to_window();
         wasm_bindgen_futures::spawn_local(run(shared.clone(), rx));
@@ -973,6 +980,16 @@ async fn connect(
                         }
                     }
                 }
+                TransportMsg::Ack { r#ref, result } => {
+                    let waiter = r#ref.and_then(|r| shared.acks.borrow_mut().remove(&r));
+                    match (waiter, result) {
+                        (Some(tx), result) => {
+                            let _ = tx.send(result);
+                        }
+                        (None, Err(e)) => warn(&format!("tidewire: {}: {}", e.code, e.title)),
+                        (None, Ok(_)) => {}
+                    }
+                }
                 TransportMsg::Bad(why) => warn(&format!("tidewire: {why}")),
                 TransportMsg::Closed { reason, code } => {
                     if code.is_some_and(|c| c >= 4500) {
@@ -1025,6 +1042,9 @@ async fn connect(
     };
     let active = shared.conn.borrow_mut().active.take();
     drop(active);
+    // Writes waiting for an ack on this socket fail now and retry with the same key.
+    let waiting = std::mem::take(&mut *shared.acks.borrow_mut());
+    drop(waiting);
     end
 }
 
@@ -1176,13 +1196,16 @@ impl Room {
         let id = id.as_str();
         let mut attempt = 0u32;
         loop {
-            let result = match &op {
-                WriteOp::Put(v) => {
-                    http::put(&self.shared.url, &self.room.name, id, v, &key, expected).await
-                }
-                WriteOp::Delete => {
-                    http::delete(&self.shared.url, &self.room.name, id, &key, expected).await
-                }
+            let result = match self.write_over_ws(id, &op, &key, expected) {
+                Some(ack) => ack.await,
+                None => match &op {
+                    WriteOp::Put(v) => {
+                        http::put(&self.shared.url, &self.room.name, id, v, &key, expected).await
+                    }
+                    WriteOp::Delete => {
+                        http::delete(&self.shared.url, &self.room.name, id, &key, expected).await
+                    }
+                },
             };
             match result {
                 Ok(env) => {
@@ -1193,7 +1216,7 @@ impl Room {
                     let wait = (250u64 << attempt.min(5)).min(5_000);
                     attempt += 1;
                     TimeoutFuture::new(clamp_ms(wait)).await;
-                    while !online() {
+                    while !online() && !self.shared.is_closed() {
                         TimeoutFuture::new(500).await;
                     }
                 }
@@ -1203,6 +1226,61 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Sends the write as a frame when a WebSocket is open; the future resolves with its ack
+    /// (a network error when the socket closes first or no ack comes within 10 s).
+    fn write_over_ws(
+        &self,
+        id: &str,
+        op: &WriteOp,
+        key: &str,
+        if_match: Option<u64>,
+    ) -> Option<impl std::future::Future<Output = Result<Envelope, Error>>> {
+        let r = format!("w{}", self.shared.next_key());
+        let frame = match op {
+            WriteOp::Put(value) => ClientFrame::Put {
+                r#ref: Some(r.clone()),
+                room: self.room.name.clone(),
+                id: id.to_owned(),
+                value: value.clone(),
+                key: Some(key.to_owned()),
+                if_match,
+            },
+            WriteOp::Delete => ClientFrame::Delete {
+                r#ref: Some(r.clone()),
+                room: self.room.name.clone(),
+                id: id.to_owned(),
+                key: Some(key.to_owned()),
+                if_match,
+            },
+        }
+        .encode();
+        let (tx, rx) = oneshot::channel();
+        self.shared.acks.borrow_mut().insert(r.clone(), tx);
+        if !self.shared.send_ws(&frame) {
+            self.shared.acks.borrow_mut().remove(&r);
+            return None;
+        }
+        let shared = self.shared.clone();
+        Some(async move {
+            let outcome = match select(rx, TimeoutFuture::new(10_000)).await {
+                Either::Left((Ok(result), _)) => Some(result),
+                _ => None,
+            };
+            shared.acks.borrow_mut().remove(&r);
+            match outcome {
+                Some(Ok(Some(env))) => Ok(env),
+                Some(Ok(None)) => Err(Error::Network("an ack without the event".into())),
+                Some(Err(e)) => Err(Error::Server {
+                    code: e.code,
+                    status: 0,
+                    message: e.title,
+                    current: e.current,
+                }),
+                None => Err(Error::Network("the WebSocket closed before the ack".into())),
+            }
+        })
     }
 
     fn roll_back(&self, key: &str, id: &str, error: &Error) {

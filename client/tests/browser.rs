@@ -248,7 +248,17 @@ async fn stalled_sse_falls_back_to_long_poll_and_climbs_back() {
 #[wasm_bindgen_test]
 async fn optimistic_put_is_pending_then_confirmed() {
     let _serial = serial().await;
-    let client = Client::new(options(URL, None)).unwrap();
+    optimistic_put(None).await;
+}
+
+#[wasm_bindgen_test]
+async fn optimistic_put_over_websocket_is_confirmed_by_its_ack() {
+    let _serial = serial().await;
+    optimistic_put(Some(TransportKind::Ws)).await;
+}
+
+async fn optimistic_put(transport: Option<TransportKind>) {
+    let client = Client::new(options(URL, transport)).unwrap();
     let name = unique("opt");
     let room = client.room(&name).unwrap();
     let updates = Rc::new(RefCell::new(Vec::new()));
@@ -289,7 +299,17 @@ async fn optimistic_put_is_pending_then_confirmed() {
 #[wasm_bindgen_test]
 async fn stale_put_rolls_back_with_the_server_value() {
     let _serial = serial().await;
-    let client = Client::new(options(URL, None)).unwrap();
+    stale_put(None).await;
+}
+
+#[wasm_bindgen_test]
+async fn stale_put_over_websocket_rolls_back_with_the_server_value() {
+    let _serial = serial().await;
+    stale_put(Some(TransportKind::Ws)).await;
+}
+
+async fn stale_put(transport: Option<TransportKind>) {
+    let client = Client::new(options(URL, transport)).unwrap();
     let name = unique("stale");
     server_put(&name, "x", json!("first")).await;
     let room = client.room(&name).unwrap();
@@ -303,7 +323,15 @@ async fn stale_put_rolls_back_with_the_server_value() {
         .await
         .expect_err("stale If-Match is refused");
     assert_eq!(err.code(), "version_conflict");
-    assert!(matches!(err, Error::Server { status: 409, .. }));
+    let expected_status = if transport == Some(TransportKind::Ws) {
+        0
+    } else {
+        409
+    };
+    match &err {
+        Error::Server { status, .. } => assert_eq!(*status, expected_status),
+        other => panic!("{other:?}"),
+    }
     {
         let rb = rollbacks.borrow();
         assert_eq!(rb.len(), 1);

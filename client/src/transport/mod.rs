@@ -20,7 +20,7 @@ pub(crate) use poll::PollLoop;
 pub(crate) use sse::SseTransport;
 pub(crate) use ws::WsTransport;
 
-use tidewire_protocol::{Envelope, Snapshot};
+use tidewire_protocol::{AckError, Envelope, Snapshot};
 
 /// What a transport reports.
 #[derive(Debug)]
@@ -31,6 +31,13 @@ pub(crate) enum TransportMsg {
     Envelope(Envelope),
     /// A polled snapshot.
     Snapshot(Snapshot),
+    /// A WebSocket reply to a frame with a `ref`.
+    Ack {
+        /// The frame's `ref`.
+        r#ref: Option<String>,
+        /// The outcome.
+        result: Result<Option<Envelope>, AckError>,
+    },
     /// Something arrived that breaks the protocol; the transport keeps running.
     Bad(String),
     /// The transport ended.

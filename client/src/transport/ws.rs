@@ -47,9 +47,9 @@ impl WsTransport {
                 .and_then(|v| ServerFrame::decode_value(v).map_err(Error::from));
             match frame {
                 Ok(ServerFrame::Event(env)) => s(TransportMsg::Envelope(env)),
-                Ok(ServerFrame::Ack {
-                    result: Err(err), ..
-                }) => s(TransportMsg::Bad(format!("{}: {}", err.code, err.title))),
+                Ok(ServerFrame::Ack { r#ref, result, .. }) => {
+                    s(TransportMsg::Ack { r#ref, result })
+                }
                 Ok(ServerFrame::Error { code, message, .. }) => {
                     s(TransportMsg::Bad(format!("{code}: {message}")))
                 }
