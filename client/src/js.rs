@@ -149,7 +149,9 @@ pub fn to_js_error(err: &Error) -> JsValue {
         status, current, ..
     } = err
     {
-        let _ = Reflect::set(&e, &"status".into(), &(*status).into());
+        if *status != 0 {
+            let _ = Reflect::set(&e, &"status".into(), &(*status).into());
+        }
         if let Some(item) = current {
             let _ = Reflect::set(&e, &"current".into(), &to_js(item));
         }
