@@ -71,8 +71,9 @@ async fn write_burst_over_the_rate_is_429_with_retry_after() {
     let limited: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
     println!("burst of 20: {ok} accepted, {} rate limited", limited.len());
     assert_eq!(ok + limited.len(), 20, "only 200 or 429");
+    // 5 from the burst plus what refills at 5/s while the 20 requests are served.
     assert!(
-        (5..=8).contains(&ok),
+        (5..=10).contains(&ok),
         "a burst of 5 (+ refill) is accepted, got {ok}"
     );
     for a in &limited {

@@ -9,6 +9,7 @@
 //! ```
 
 mod bad_input;
+mod endpoints;
 mod limits;
 mod poll;
 mod restart;

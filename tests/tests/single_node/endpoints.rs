@@ -1,0 +1,56 @@
+//! The small endpoints: health, metrics, snapshot and presence of an empty room.
+
+use reqwest::Method;
+use serde_json::json;
+use tidewire_tests::{Server, WriteOptions};
+
+use crate::start;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_empty_rooms() {
+    let server = start(Server::builder());
+    let rest = server.rest();
+    let health = rest
+        .raw(Method::GET, "/healthz", &[], None)
+        .await
+        .expect("healthz");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.text().trim(), "ok");
+
+    let snapshot = rest.snapshot("nobody-here").await.expect("snapshot").ok();
+    assert_eq!(snapshot.room, "nobody-here");
+    assert_eq!(snapshot.seq, 0);
+    assert!(snapshot.items.is_empty());
+    let presence = rest.presence("nobody-here").await.expect("presence").ok();
+    assert!(presence.members.is_empty());
+    let history = rest
+        .history("nobody-here", 0, None)
+        .await
+        .expect("history")
+        .ok();
+    assert!(history.is_empty());
+
+    rest.put("r", "x", &json!({"n": 1}), &WriteOptions::default())
+        .await
+        .expect("put")
+        .ok();
+    let snapshot = rest.snapshot("r").await.expect("snapshot").ok();
+    assert_eq!(snapshot.seq, 1);
+    assert_eq!(snapshot.items["x"].value, json!({"n": 1}));
+    assert_eq!(snapshot.items["x"].version, 1);
+    assert!(!snapshot.items["x"].updated_at.is_empty());
+
+    let metrics = rest.metrics().await.expect("metrics");
+    let samples = metrics
+        .lines()
+        .filter(|l| l.starts_with("tidewire_"))
+        .count();
+    println!(
+        "{samples} tidewire_ samples; e.g. {:?}",
+        metrics.lines().find(|l| l.starts_with("tidewire_"))
+    );
+    assert!(
+        samples > 0,
+        "Prometheus text with tidewire_ metrics:\n{metrics}"
+    );
+}
