@@ -427,3 +427,28 @@ fn print_report(report: &[(&Step, Status)], summaries: &[(&str, Vec<String>)]) {
 fn banner(title: &str) {
     println!("\n==> {title}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_other_arguments_stay() {
+        let args =
+            with_free_ports(&["--port", steps::FREE_PORT, "--ctl", steps::FREE_PORT]).unwrap();
+        assert_eq!(args[0], "--port");
+        assert_eq!(args[2], "--ctl");
+        let a: u16 = args[1].parse().unwrap();
+        let b: u16 = args[3].parse().unwrap();
+        assert!(a > 0 && b > 0 && a != b, "{args:?}");
+    }
+
+    #[test]
+    fn test_flag_parsing() {
+        assert_eq!(test_flags(&[]).unwrap(), (false, 1));
+        assert_eq!(test_flags(&["--quick", "--from", "3"]).unwrap(), (true, 3));
+        assert!(test_flags(&["--from", "0"]).is_err());
+        assert!(test_flags(&["--from"]).is_err());
+        assert!(test_flags(&["--slow"]).is_err());
+    }
+}
