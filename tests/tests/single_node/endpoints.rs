@@ -54,3 +54,77 @@ async fn health_metrics_and_empty_rooms() {
         "Prometheus text with tidewire_ metrics:\n{metrics}"
     );
 }
+
+/// Browsers send a preflight before a write with `Idempotency-Key` / `If-Match`; it must be
+/// allowed, for any origin by default and only for the configured one with `--cors-origin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_allows_the_write_headers() {
+    let preflight = |origin: &'static str| {
+        vec![
+            ("origin", origin),
+            ("access-control-request-method", "PUT"),
+            (
+                "access-control-request-headers",
+                "content-type,idempotency-key,if-match",
+            ),
+        ]
+    };
+    let open = start(Server::builder());
+    let answer = open
+        .rest()
+        .raw(
+            Method::OPTIONS,
+            "/v1/rooms/r/items/x",
+            &preflight("http://app.test"),
+            None,
+        )
+        .await
+        .expect("preflight");
+    assert!(answer.status < 300, "preflight answered {}", answer.status);
+    let allow_origin = answer.header("access-control-allow-origin").unwrap_or("");
+    assert!(
+        allow_origin == "*" || allow_origin == "http://app.test",
+        "allow-origin `{allow_origin}`"
+    );
+    let allow_headers = answer
+        .header("access-control-allow-headers")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    for h in ["content-type", "idempotency-key", "if-match"] {
+        assert!(
+            allow_headers == "*" || allow_headers.contains(h),
+            "allow-headers `{allow_headers}` lacks {h}"
+        );
+    }
+
+    let closed = start(Server::builder().flag("cors-origin", "http://app.test"));
+    let ok = closed
+        .rest()
+        .raw(
+            Method::OPTIONS,
+            "/v1/rooms/r/items/x",
+            &preflight("http://app.test"),
+            None,
+        )
+        .await
+        .expect("preflight");
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("http://app.test")
+    );
+    let other = closed
+        .rest()
+        .raw(
+            Method::OPTIONS,
+            "/v1/rooms/r/items/x",
+            &preflight("http://evil.test"),
+            None,
+        )
+        .await
+        .expect("preflight");
+    assert_eq!(
+        other.header("access-control-allow-origin"),
+        None,
+        "another origin is not allowed"
+    );
+}
