@@ -38,6 +38,7 @@ pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     queued: VecDeque<ServerFrame>,
     next_ref: u64,
+    pings: usize,
 }
 
 impl WsClient {
@@ -62,6 +63,7 @@ impl WsClient {
             ws,
             queued: VecDeque::new(),
             next_ref: 0,
+            pings: 0,
         })
     }
 
@@ -89,6 +91,7 @@ impl WsClient {
             ws,
             queued: VecDeque::new(),
             next_ref: 0,
+            pings: 0,
         })
     }
 
@@ -147,7 +150,8 @@ impl WsClient {
                 Some(Ok(Message::Binary(_))) => {
                     return Err(Error::Sse("unexpected binary WebSocket frame".into()));
                 }
-                // Pings are answered by tungstenite itself.
+                // Pings are answered by tungstenite itself; they are only counted.
+                Some(Ok(Message::Ping(_))) => self.pings += 1,
                 Some(Ok(_)) => continue,
             }
         }
@@ -341,6 +345,11 @@ impl WsClient {
                 return Ok(env);
             }
         }
+    }
+
+    /// WebSocket pings received from the server so far.
+    pub fn pings_seen(&self) -> usize {
+        self.pings
     }
 
     /// Frames received but not yet handed out.

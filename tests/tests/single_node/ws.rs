@@ -1,7 +1,13 @@
 //! WebSocket specifics: acks carry the envelope, broadcast skips the sender, presence joins
 //! and leaves after the grace period.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::Message;
 
 use serde_json::json;
 use tidewire_protocol::{ClientFrame, ErrorCode, Event, ServerFrame};
@@ -257,4 +263,98 @@ async fn presence_join_shows_and_leave_comes_after_the_grace() {
     }
     let list = rest.presence("lobby").await.expect("presence").ok();
     assert!(list.members.iter().any(|m| m.client_id == "bo"), "{list:?}");
+}
+
+/// A TCP stream whose writes never fail: once the server has closed, the pongs tungstenite
+/// owes are dropped instead of ending the read with a broken pipe, so the close frame the
+/// server sent before closing can still be read.
+struct WritesNeverFail(tokio::net::TcpStream);
+
+impl AsyncRead for WritesNeverFail {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WritesNeverFail {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.0).poll_write(cx, buf) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(buf.len())),
+            other => other,
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.0).poll_flush(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.0).poll_shutdown(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_pings_and_closes_silent_connections_with_4003() {
+    let server = start(
+        Server::builder()
+            .flag("heartbeat-secs", 1)
+            .flag("idle-timeout-secs", 3),
+    );
+    // A live client answers pings (tungstenite does) and stays open past the idle timeout.
+    let mut live = WsClient::connect(&server.ws_url(), None).await.expect("ws");
+    live.subscribe(&["a"], None, false)
+        .await
+        .expect("subscribe");
+    // A silent client sends one frame, then reads nothing, so it answers no ping.
+    let tcp = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect");
+    let (mut silent, _) =
+        tokio_tungstenite::client_async(format!("{}/v1/ws", server.ws_url()), WritesNeverFail(tcp))
+            .await
+            .expect("handshake");
+    silent
+        .send(Message::text(r#"{"type":"subscribe","rooms":["a"]}"#))
+        .await
+        .expect("subscribe");
+
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(4500) {
+        match live.recv(Duration::from_millis(200)).await {
+            Err(Error::Timeout { .. }) => {}
+            Ok(frame) => panic!("nothing expected, got {}", frame.encode()),
+            Err(e) => panic!("the live client was dropped: {e}"),
+        }
+    }
+    assert!(
+        live.pings_seen() >= 3,
+        "pings every second: saw {}",
+        live.pings_seen()
+    );
+    live.ping().await.expect("the live client is still open");
+
+    let deadline = tokio::time::Instant::now() + T;
+    let close = loop {
+        match tokio::time::timeout_at(deadline, silent.next()).await {
+            Err(_) => panic!("the silent connection was not closed"),
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => panic!("expected a close frame, got {e}"),
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let code = close.map(|f| u16::from(f.code));
+    assert_eq!(code, Some(4003), "idle_timeout close code");
 }
