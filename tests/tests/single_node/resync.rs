@@ -62,6 +62,14 @@ async fn history_api_answers_410_when_trimmed() {
     let kept = rest.history("a", 15, None).await.expect("history").ok();
     let seqs: Vec<u64> = kept.iter().filter_map(|e| e.seq).collect();
     assert_eq!(seqs, vec![16, 17, 18, 19, 20], "the last 5 are kept");
+    // after=0 reads from the start of the retained log, as 0 does in a cursor.
+    let from_start = rest.history("a", 0, None).await.expect("history").ok();
+    let seqs: Vec<u64> = from_start.iter().filter_map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        vec![16, 17, 18, 19, 20],
+        "after=0 starts at the oldest kept event"
+    );
     let answer = rest.history("a", 10, Some(3)).await.expect("history");
     assert_eq!(answer.status, 410);
     assert_eq!(answer.problem().code, ErrorCode::HistoryTrimmed);
@@ -129,4 +137,44 @@ async fn poll_from_trimmed_position_gets_resync_and_head_cursor() {
     let seqs: Vec<Option<u64>> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, vec![Some(21)]);
     drop(server);
+}
+
+/// `0` in a cursor means "from the beginning of the retained log": no resync, the kept events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursor_zero_on_a_trimmed_room_replays_what_is_kept() {
+    let (server, rest) = trimmed_server().await;
+    let kept = vec![Some(16), Some(17), Some(18), Some(19), Some(20)];
+
+    let mut sse = SseClient::connect(&server.url(), &SseRequest::rooms(&["a"]).since("a=0"))
+        .await
+        .expect("SSE opens");
+    let got: Vec<Option<u64>> = sse
+        .take(5, T)
+        .await
+        .expect("five events")
+        .into_iter()
+        .map(|e| e.envelope.seq)
+        .collect();
+    assert_eq!(got, kept, "SSE from a=0");
+
+    let mut ws = WsClient::connect(&server.ws_url(), None).await.expect("ws");
+    ws.subscribe(&["a"], Some("a=0"), false)
+        .await
+        .expect("subscribe");
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(ws.next_envelope(T).await.expect("event").seq);
+    }
+    assert_eq!(got, kept, "WebSocket from a=0");
+
+    let mut poll = PollClient::new(rest, &["a"]);
+    poll.set_cursor("a=0");
+    let got: Vec<Option<u64>> = poll
+        .poll(0)
+        .await
+        .expect("poll")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(got, kept, "long-poll from a=0");
 }
