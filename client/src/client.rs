@@ -844,8 +844,14 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
                             continue;
                         }
                         TransportKind::Sse if !fetch_failed => {
-                            sse_failures += 1;
-                            if sse_failures >= 2 && http::reachable(&shared.url).await {
+                            // Only failures while the server answers REST count: a server
+                            // that is down is not a reason to leave SSE.
+                            if http::reachable(&shared.url).await {
+                                sse_failures += 1;
+                            } else {
+                                sse_failures = 0;
+                            }
+                            if sse_failures >= 2 {
                                 sse_failures = 0;
                                 level = 1;
                                 continue;
