@@ -37,6 +37,7 @@ pub mod room;
 pub mod state;
 #[cfg(target_arch = "wasm32")]
 mod transport;
+pub mod typed;
 
 #[cfg(target_arch = "wasm32")]
 pub use client::{
