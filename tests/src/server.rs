@@ -41,11 +41,21 @@ pub struct ServerBuilder {
 
 impl ServerBuilder {
     /// Adds `--name value` (give the name without dashes, e.g. `"retention-events"`).
-    /// A flag given twice keeps the last value.
+    /// A flag given twice keeps the last value. `listen` (default `127.0.0.1:0`) and
+    /// `database` (default a fresh SQLite file, e.g. `postgres://…` for several nodes)
+    /// replace the defaults.
     pub fn flag(mut self, name: &str, value: impl ToString) -> Self {
         self.flags.retain(|(n, _)| n != name);
         self.flags.push((name.to_owned(), value.to_string()));
         self
+    }
+
+    /// The value of a flag given with [`ServerBuilder::flag`].
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.flags
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Sets an environment variable of the child.
@@ -71,7 +81,12 @@ impl ServerBuilder {
             builder: self,
             log: Arc::new(Mutex::new(String::new())),
         };
-        server.spawn("127.0.0.1:0")?;
+        let listen = server
+            .builder
+            .get("listen")
+            .unwrap_or("127.0.0.1:0")
+            .to_owned();
+        server.spawn(&listen)?;
         Ok(server)
     }
 }
@@ -122,7 +137,8 @@ impl Server {
         self.child.as_ref().map(Child::id)
     }
 
-    /// The SQLite file the server uses (kept across [`Server::restart`]).
+    /// The SQLite file the server uses unless `database` was given (kept across
+    /// [`Server::restart`]).
     pub fn database_path(&self) -> PathBuf {
         self.dir.path().join("t.db")
     }
@@ -210,7 +226,11 @@ impl Server {
 
     fn spawn(&mut self, listen: &str) -> Result<()> {
         let bin = binary()?;
-        let db = format!("sqlite://{}", self.database_path().display());
+        let db = self
+            .builder
+            .get("database")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("sqlite://{}", self.database_path().display()));
         let mut cmd = Command::new(&bin);
         cmd.arg("serve")
             .arg("--listen")
@@ -218,7 +238,9 @@ impl Server {
             .arg("--database")
             .arg(&db);
         for (name, value) in &self.builder.flags {
-            cmd.arg(format!("--{name}")).arg(value);
+            if name != "database" && name != "listen" {
+                cmd.arg(format!("--{name}")).arg(value);
+            }
         }
         for (name, value) in &self.builder.envs {
             cmd.env(name, value);
@@ -376,5 +398,21 @@ fn find_or_build() -> std::result::Result<PathBuf, String> {
         Ok(bin)
     } else {
         Err(format!("{} is missing after the build", bin.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_replace_and_read_back() {
+        let b = Server::builder()
+            .flag("database", "postgres://x")
+            .flag("heartbeat-secs", 1)
+            .flag("heartbeat-secs", 2);
+        assert_eq!(b.get("database"), Some("postgres://x"));
+        assert_eq!(b.get("heartbeat-secs"), Some("2"));
+        assert_eq!(b.get("listen"), None);
     }
 }
