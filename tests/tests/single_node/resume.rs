@@ -76,6 +76,11 @@ async fn read_from(server: &Server, transport: Transport, cursor: &str, n: usize
                 .await
                 .expect("subscribe");
             assert_same_cursor(&start, cursor, "subscribe ack cursor");
+            assert_eq!(
+                ws.queued(),
+                0,
+                "events of a room come after its subscribe ack"
+            );
             for _ in 0..n {
                 out.push(ws.next_durable(T).await.expect("durable event"));
             }

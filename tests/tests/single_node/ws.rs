@@ -55,13 +55,27 @@ async fn acks_carry_the_envelope_and_others_see_the_event() {
         .expect("ack")
         .expect("ok");
     assert_eq!(again, put);
+    // The key is the room's, whatever the transport: a write first sent over REST and retried
+    // over WebSocket is the same write.
+    let over_rest = rest
+        .put("a", "y", &json!(7), &WriteOptions::key("k-rest"))
+        .await
+        .expect("put")
+        .ok();
+    let retried = writer
+        .put("a", "y", json!(7), Some("k-rest"), None)
+        .await
+        .expect("ack")
+        .expect("ok");
+    assert_eq!(retried, over_rest);
+    assert_eq!(reader.next_durable(T).await.expect("event"), over_rest);
 
     let published = writer
         .publish("a", "chat.message", json!({"text": "hi"}), Some("k-2"))
         .await
         .expect("ack")
         .expect("ok");
-    assert_eq!(published.seq, Some(2));
+    assert_eq!(published.seq, Some(3));
     assert_eq!(published.event.event_type(), "chat.message");
     assert_eq!(reader.next_durable(T).await.expect("event"), published);
 
@@ -95,11 +109,11 @@ async fn acks_carry_the_envelope_and_others_see_the_event() {
             ..
         } => {
             assert!(matches!(&env.event, Event::ItemDeleted(d) if d.version == 2));
-            assert_eq!(env.seq, Some(3));
+            assert_eq!(env.seq, Some(4));
         }
         other => panic!("expected a delete ack, got {}", other.encode()),
     }
-    assert_eq!(rest.history_all("a", 0).await.expect("history").len(), 3);
+    assert_eq!(rest.history_all("a", 0).await.expect("history").len(), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
