@@ -159,3 +159,48 @@ async fn rooms_per_connection_limit_applies_to_every_transport() {
     }
     ws.ping().await.expect("still open");
 }
+
+/// Writes over WebSocket share the client's write budget with REST writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_writes_share_the_write_rate() {
+    let server = start(
+        Server::builder()
+            .flag("write-rate", 5)
+            .flag("write-burst", 5),
+    );
+    let rest = server.rest();
+    for i in 0..5 {
+        rest.put(
+            "r",
+            &format!("rest{i}"),
+            &json!(i),
+            &WriteOptions::default(),
+        )
+        .await
+        .expect("put");
+    }
+    let mut ws = WsClient::connect(&server.ws_url(), None).await.expect("ws");
+    let mut limited = 0;
+    let mut accepted = 0;
+    for i in 0..10 {
+        match ws
+            .put("r", &format!("ws{i}"), json!(i), None, None)
+            .await
+            .expect("ack")
+        {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::RateLimited);
+                limited += 1;
+            }
+        }
+    }
+    println!("after 5 REST writes: {accepted} WebSocket writes accepted, {limited} rate limited");
+    assert!(
+        limited >= 5,
+        "the REST writes used the budget: {limited} limited"
+    );
+    ws.ping()
+        .await
+        .expect("a rate-limited connection stays open");
+}
