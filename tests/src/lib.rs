@@ -22,8 +22,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The tests themselves are in `tests/single_node/`; run them with
-//! `cargo build -p tidewire-server --bin tidewire && cargo test -p tidewire-tests`.
+//! The tests themselves are in `tests/single_node/` (one module per concern: `resume`, `sse`,
+//! `resync`, `writes`, `slow_consumer`, `bad_input`, `shutdown`, `restart`, `ws`, `poll`,
+//! `limits`, `endpoints`); each starts its own server on port 0, so they run in parallel:
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target-e2e cargo test -p tidewire-tests
+//! ```
+//!
+//! Environment: `TIDEWIRE_BIN` (the binary under test; default: beside the test executable,
+//! rebuilt when `server/` or `shared/src` is newer), `TIDEWIRE_E2E_SEED` (replay the random
+//! choices of a run; every randomised test prints its seed), `TIDEWIRE_E2E_SLOW_BROADCASTS`
+//! (size of the slow-consumer flood, default 320 broadcasts of 256 KiB).
 
 mod check;
 mod error;
