@@ -191,8 +191,9 @@ impl Server {
         }
     }
 
-    /// Kills the child if it still runs, then starts it again with the same flags, the same
-    /// database file and the same port, so clients can reconnect to the same URL.
+    /// Kills the child if it still runs (after [`Server::terminate`] + [`Server::wait_exit`] it
+    /// does not), then starts it again with the same flags, the same database file and the
+    /// same port, so clients can reconnect to the same URL.
     pub fn restart(&mut self) -> Result<()> {
         self.kill_hard();
         let addr = self.addr().to_string();
@@ -201,8 +202,7 @@ impl Server {
         loop {
             match self.spawn(&addr) {
                 Ok(()) => return Ok(()),
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
