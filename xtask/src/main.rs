@@ -111,10 +111,6 @@ impl Ctx {
             target_dir,
         }
     }
-
-    fn tidewire_bin(&self) -> PathBuf {
-        self.target_dir.join("debug").join("tidewire")
-    }
 }
 
 fn main() -> ExitCode {
@@ -286,14 +282,9 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
     banner("setup");
     Setup::default().ensure(ctx, &tools(quick))?;
 
-    let bin = ctx.tidewire_bin().to_string_lossy().into_owned();
     let root = ctx.root.to_string_lossy().into_owned();
     let pkg = ctx.root.join("client/pkg").to_string_lossy().into_owned();
-    let mut env: Vec<(&str, String)> = vec![
-        ("TIDEWIRE_ROOT", root),
-        ("TIDEWIRE_BIN", bin),
-        ("TIDEWIRE_PKG", pkg),
-    ];
+    let mut env: Vec<(&str, String)> = vec![("TIDEWIRE_ROOT", root), ("TIDEWIRE_PKG", pkg)];
     if !quick {
         if let Some(c) = setup::chromium_path() {
             env.push(("TIDEWIRE_CHROMIUM", c));
@@ -331,12 +322,13 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
         let dir = ctx.root.join(step.dir);
         let t0 = Instant::now();
         let outcome = match step.action {
-            Action::Cargo(args) => with_free_ports(args)
+            Action::Cargo(args) => expand(ctx, args)
                 .and_then(|args| run(&dir, &ctx.cargo, &strs(&args), &env))
                 .map(|o| o.summaries),
-            Action::Exec(program, args) => with_free_ports(args)
-                .and_then(|args| run(&dir, program, &strs(&args), &env))
-                .map(|o| o.summaries),
+            Action::Exec(program, args) => expand(ctx, args).and_then(|args| {
+                let program = program.replace(steps::TARGET_DIR, &ctx.target_dir.to_string_lossy());
+                run(&dir, &program, &strs(&args), &env).map(|o| o.summaries)
+            }),
             Action::NpmCi => setup::npm_ci(&dir).map(|()| Vec::new()),
         };
         let took = t0.elapsed();
@@ -377,8 +369,9 @@ fn test(ctx: &Ctx, quick: bool, from: usize) -> Result<(), Error> {
     Ok(())
 }
 
-/// The arguments with each [`steps::FREE_PORT`] replaced by a port that is free now.
-fn with_free_ports(args: &[&str]) -> Result<Vec<String>, Error> {
+/// The arguments with each [`steps::FREE_PORT`] replaced by a port that is free now, and
+/// [`steps::TARGET_DIR`] by the target directory.
+fn expand(ctx: &Ctx, args: &[&str]) -> Result<Vec<String>, Error> {
     // Hold every listener until all ports are chosen, so they are distinct.
     let mut held = Vec::new();
     let mut out = Vec::with_capacity(args.len());
@@ -393,7 +386,7 @@ fn with_free_ports(args: &[&str]) -> Result<Vec<String>, Error> {
             held.push(listener);
             out.push(port.to_string());
         } else {
-            out.push(arg.to_owned());
+            out.push(arg.replace(steps::TARGET_DIR, &ctx.target_dir.to_string_lossy()));
         }
     }
     Ok(out)
@@ -433,9 +426,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_ports_are_distinct_and_other_arguments_stay() {
-        let args =
-            with_free_ports(&["--port", steps::FREE_PORT, "--ctl", steps::FREE_PORT]).unwrap();
+    fn placeholders_are_expanded() {
+        let ctx = Ctx::new();
+        let args = expand(
+            &ctx,
+            &[
+                "--port",
+                steps::FREE_PORT,
+                "--ctl",
+                steps::FREE_PORT,
+                "{target-dir}/x",
+            ],
+        )
+        .unwrap();
+        assert_eq!(args[4], format!("{}/x", ctx.target_dir.display()));
         assert_eq!(args[0], "--port");
         assert_eq!(args[2], "--ctl");
         let a: u16 = args[1].parse().unwrap();

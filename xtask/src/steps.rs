@@ -20,6 +20,9 @@ pub const WASM_PACK_BUILD: &[&str] = &[
     "pkg",
 ];
 
+/// Replaced, in a program or an argument, by the Cargo target directory.
+pub const TARGET_DIR: &str = "{target-dir}";
+
 /// An argument replaced by a free loopback port when the step runs (each occurrence gets its
 /// own), so a step never collides with a server someone else left running.
 pub const FREE_PORT: &str = "{free-port}";
@@ -88,8 +91,10 @@ use Group::{Browser, Lint, Native, Wasm};
 /// Every step, in order. The runner stops at the first failure.
 ///
 /// Every step sees these environment variables: `TIDEWIRE_ROOT` (the repository root),
-/// `TIDEWIRE_BIN` (the debug `tidewire` binary, built by the step "tidewire binary"),
-/// `TIDEWIRE_PKG` (`client/pkg`), `TIDEWIRE_CHROMIUM` and `CHROMEDRIVER` (when found).
+/// `TIDEWIRE_PKG` (`client/pkg`), `TIDEWIRE_CHROMIUM` and `CHROMEDRIVER` (when found). The
+/// browser tests find the server at `<target dir>/debug/tidewire` (`CARGO_TARGET_DIR` is passed
+/// through); `TIDEWIRE_BIN` is not set, so the Rust end-to-end tests keep their own check that
+/// the binary is current.
 pub const STEPS: &[Step] = &[
     Step::new(
         "format",
@@ -165,37 +170,39 @@ pub const STEPS: &[Step] = &[
         Exec("wasm-pack", WASM_PACK_BUILD),
     ),
     Step::new(
-        "tidewire binary (for the browser tests)",
+        "binaries for the browser tests (tidewire, tidewire-harness)",
         Browser,
         Some("server/src/main.rs"),
         ".",
-        Cargo(&["build", "-p", "tidewire-server", "--bin", "tidewire"]),
+        // `--workspace --tests` resolves the same features as "native tests", so only the
+        // binaries themselves are built; `cargo build -p tidewire-server` would resolve other
+        // features and rebuild half the dependency tree.
+        Cargo(&["build", "--workspace", "--bins", "--tests"]),
     ),
     // ---- SLOT: the client's browser tests (wasm-bindgen-test in Chromium) under the harness,
-    // which starts the server (TIDEWIRE_BIN) and sets TIDEWIRE_TEST_URL / _CTL_URL / _PROXY_URL.
+    // which starts target/debug/tidewire and sets TIDEWIRE_TEST_URL / _CTL_URL / _PROXY_URL.
     Step::new(
         "client browser tests (wasm-pack test under tidewire-harness)",
         Browser,
         Some("client/tests/browser.rs"),
         ".",
-        Cargo(&[
-            "run",
-            "-p",
-            "tidewire-harness",
-            "--",
-            "--port",
-            FREE_PORT,
-            "--ctl-port",
-            FREE_PORT,
-            "--proxy-port",
-            FREE_PORT,
-            "--",
-            "wasm-pack",
-            "test",
-            "--headless",
-            "--chrome",
-            "client",
-        ]),
+        Exec(
+            "{target-dir}/debug/tidewire-harness",
+            &[
+                "--port",
+                FREE_PORT,
+                "--ctl-port",
+                FREE_PORT,
+                "--proxy-port",
+                FREE_PORT,
+                "--",
+                "wasm-pack",
+                "test",
+                "--headless",
+                "--chrome",
+                "client",
+            ],
+        ),
     ),
     // ---- SLOT: Playwright tests of the demo page (tests/e2e, node's test runner).
     Step::new(
