@@ -2,7 +2,7 @@
 //!
 //! A complete real-time backend in one process: durable rooms (SQLite), live fan-out over
 //! SSE, WebSocket and long-poll with exact resume, presence, limits, graceful shutdown and
-//! metrics. It is an axum [`Router`](axum::Router) you can mount in your own app, and the
+//! metrics. It is an axum [`Router`](axum::Router::new) you can mount in your own app, and the
 //! `tidewire` binary (`tidewire serve`).
 //!
 //! ```no_run

@@ -1,5 +1,5 @@
 //! Streaming transports — [`sse`], [`ws`], [`poll`] — over one per-connection
-//! [`queue`](queue) and one [`Session`] holding the resume logic they share.
+//! [`queue`](mod@queue) and one [`Session`] holding the resume logic they share.
 //!
 //! A session follows rooms in the order that makes resume exact: it **registers with the hub
 //! first**, then reads the log from the client's position ([`Session::replay_next`]), then
