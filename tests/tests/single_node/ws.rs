@@ -372,3 +372,40 @@ async fn server_pings_and_closes_silent_connections_with_4003() {
     let code = close.map(|f| u16::from(f.code));
     assert_eq!(code, Some(4003), "idle_timeout close code");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_a_room() {
+    let server = start(Server::builder());
+    let rest = server.rest();
+    let mut ws = WsClient::connect(&server.ws_url(), None).await.expect("ws");
+    ws.subscribe(&["a", "b"], None, false)
+        .await
+        .expect("subscribe");
+    let r = ws.new_ref();
+    let reply = ws
+        .request(
+            &r,
+            &ClientFrame::Unsubscribe {
+                r#ref: Some(r.clone()),
+                rooms: vec!["b".into()],
+            },
+        )
+        .await
+        .expect("reply");
+    assert!(
+        matches!(reply, ServerFrame::Ack { result: Ok(_), .. }),
+        "unsubscribe with a ref is acknowledged: {}",
+        reply.encode()
+    );
+    rest.put("b", "x", &json!(1), &WriteOptions::default())
+        .await
+        .expect("put")
+        .ok();
+    let a = rest
+        .put("a", "x", &json!(1), &WriteOptions::default())
+        .await
+        .expect("put")
+        .ok();
+    let first = ws.next_envelope(T).await.expect("event");
+    assert_eq!(first, a, "nothing of the unsubscribed room arrives");
+}
