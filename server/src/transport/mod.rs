@@ -374,3 +374,133 @@ pub fn parse_rooms(rooms: Option<&str>, limit: usize) -> Result<Vec<String>> {
     }
     Ok(list)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{WriteOp, WriteRequest};
+    use crate::{Config, Server};
+    use tidewire_protocol::RawAppEvent;
+
+    async fn server() -> Server {
+        Server::new(Config {
+            database: "sqlite::memory:".into(),
+            retention_events: 4,
+            ..Config::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Appends straight to the store, as if the bus had lost the message.
+    async fn append_unpublished(s: &Server, room: &str, n: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let w = s
+                .state()
+                .service
+                .store
+                .write(WriteRequest::new(
+                    room,
+                    WriteOp::Publish(RawAppEvent {
+                        event_type: "e".into(),
+                        data: serde_json::Value::Null,
+                    }),
+                ))
+                .await
+                .unwrap();
+            out.push(w.json);
+        }
+        out
+    }
+
+    fn durable(room: &str, seq: u64, json: &str) -> Outbound {
+        Outbound::Durable {
+            room: room.into(),
+            seq,
+            payload: json.to_owned().into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn admit_drops_duplicates_and_fills_gaps_from_the_store() {
+        let s = server().await;
+        let id = ClientIdentity::anonymous("t");
+        let mut session = Session::open(s.state().clone(), id, "sse", None).unwrap();
+        let since: Cursor = "r=0".parse().unwrap();
+        assert!(session
+            .follow(&["r".into()], &since, false)
+            .await
+            .unwrap()
+            .is_empty());
+        let events = append_unpublished(&s, "r", 3).await;
+        // seq 3 arrives first: 1 and 2 come from the store, each with its own id.
+        let ready = session.admit(durable("r", 3, &events[2])).await.unwrap();
+        let ids: Vec<_> = ready.iter().map(|r| r.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["r=1", "r=2", "r=3"]);
+        assert!(session
+            .admit(durable("r", 2, &events[1]))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(session
+            .admit(durable("r", 3, &events[2]))
+            .await
+            .unwrap()
+            .is_empty());
+        // Rooms not followed are ignored.
+        assert!(session
+            .admit(durable("other", 1, &events[0]))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_gap_older_than_the_log_becomes_a_resync() {
+        let s = server().await;
+        let id = ClientIdentity::anonymous("t");
+        let mut session = Session::open(s.state().clone(), id, "ws", None).unwrap();
+        append_unpublished(&s, "r", 1).await;
+        session
+            .follow(&["r".into()], &"r=1".parse().unwrap(), false)
+            .await
+            .unwrap();
+        let events = append_unpublished(&s, "r", 8).await; // seq 2..=9, keeps 6..=9
+        let ready = session.admit(durable("r", 9, &events[7])).await.unwrap();
+        let first: serde_json::Value = serde_json::from_str(ready[0].payload.as_str()).unwrap();
+        assert_eq!(first["type"], "resync");
+        assert_eq!(first["data"]["seq"], 9);
+        assert_eq!(ready.len(), 1, "the event itself is covered by the resync");
+        assert_eq!(session.cursor.get("r"), Some(9));
+    }
+
+    #[tokio::test]
+    async fn follow_checks_the_room_limit_and_future_positions_resync() {
+        let s = Server::new(Config {
+            database: "sqlite::memory:".into(),
+            max_rooms_per_connection: 2,
+            ..Config::default()
+        })
+        .await
+        .unwrap();
+        let id = ClientIdentity::anonymous("t");
+        let mut session = Session::open(s.state().clone(), id, "ws", None).unwrap();
+        let rooms: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let err = session
+            .follow(&rooms, &Cursor::new(), false)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::TooManyRooms { count: 3, limit: 2 }));
+        let out = session
+            .follow(&rooms[..1], &"a=50".parse().unwrap(), false)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 1, "a position past the head is a resync");
+        assert_eq!(session.cursor.get("a"), Some(0));
+        assert_eq!(s.state().hub.subscribers("a"), 1);
+        drop(session);
+        assert_eq!(s.state().hub.subscribers("a"), 0, "dropping unregisters");
+    }
+}
