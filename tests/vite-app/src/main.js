@@ -1,6 +1,11 @@
 // Uses the installed npm package exactly as an application would: connect, open a room,
-// write optimistically, and wait until the write is confirmed by the server.
-import init, { Client } from 'tidewire';
+// write optimistically, and wait until the write is confirmed by the server. The same page
+// runs against both builds: `--target web` (whose default export `init()` loads the .wasm)
+// and `--target bundler` (where the bundler loads it on import).
+import * as tidewire from 'tidewire';
+
+const { Client } = tidewire;
+const init = typeof tidewire.default === 'function' ? tidewire.default : async () => {};
 
 const params = new URLSearchParams(location.search);
 const server = params.get('server') ?? 'http://127.0.0.1:18090';
