@@ -1177,6 +1177,9 @@ impl Room {
         if_match: Option<u64>,
     ) -> Result<(String, Option<u64>), Error> {
         validate_item_id(id)?;
+        if self.shared.is_closed() {
+            return Err(Error::Closed);
+        }
         let key = self.shared.next_key();
         let expected = {
             let mut inner = self.room.inner.borrow_mut();

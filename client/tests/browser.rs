@@ -132,8 +132,21 @@ async fn connects_over(kind: TransportKind) {
     );
     assert_eq!(room.items()[0].version, 1);
     assert_eq!(client.seq(&name), Some(1));
+    // Bad input is a typed error, never a panic.
+    assert_eq!(
+        client.room("no spaces").err().unwrap().code(),
+        "bad_room_name"
+    );
+    let err = room.put("bad id!", json!(1)).await.unwrap_err();
+    assert_eq!(err.code(), "bad_item_id");
+    assert!(
+        room.items().iter().all(|i| !i.pending),
+        "a refused write leaves nothing pending"
+    );
     client.close();
     assert_eq!(client.state(), ConnState::Closed);
+    assert_eq!(room.put("b", json!(1)).await.unwrap_err().code(), "closed");
+    assert_eq!(client.room("other").err().unwrap().code(), "closed");
 }
 
 #[wasm_bindgen_test]

@@ -69,6 +69,7 @@ function install({ target, pkgDir }) {
   }
   run('npm', ['ci', '--no-audit', '--no-fund'], { cwd: fresh, stdio: 'inherit' });
   run('npm', ['install', '--no-save', '--no-audit', '--no-fund', tarball], { cwd: fresh, stdio: 'inherit' });
+  fs.rmSync(packDir, { recursive: true, force: true });
   const installed = path.join(fresh, 'node_modules', 'tidewire');
   const manifest = JSON.parse(fs.readFileSync(path.join(installed, 'package.json'), 'utf8'));
   const gz = (f) => zlib.gzipSync(fs.readFileSync(path.join(installed, f)), { level: 9 }).length;
@@ -134,6 +135,7 @@ const harness = spawn(
   { stdio: ['ignore', 'ignore', 'inherit'] },
 );
 let browser;
+let userDataDir;
 let failed = false;
 try {
   let up = false;
@@ -144,7 +146,7 @@ try {
   assert.ok(up, 'the server came up');
   const vite = await import('vite');
   const { chromium } = await import('playwright-core');
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-chromium-'));
+  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-chromium-'));
   browser = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.TIDEWIRE_CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
@@ -171,6 +173,7 @@ try {
   console.error(e);
 } finally {
   await browser?.close().catch(() => {});
+  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
   harness.kill('SIGINT');
   await sleep(300);
 }
