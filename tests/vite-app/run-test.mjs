@@ -6,9 +6,9 @@
 //
 //   npm ci && npm test
 //
-// Environment: TIDEWIRE_PKG (default ../../client/pkg) and TIDEWIRE_PKG_BUNDLER (default
-// ../../client/pkg-bundler), each built with `wasm-pack build client --release --target …`
-// when missing; TIDEWIRE_HARNESS (default: built with cargo; the server is $TIDEWIRE_BIN or
+// Environment: TIDEWIRE_PKG (a `--target web` build, used as it is) and TIDEWIRE_PKG_BUNDLER (a
+// `--target bundler` build); without them the builds are made here, in client/pkg and
+// client/pkg-bundler, with `wasm-pack build client --release --target …`; TIDEWIRE_HARNESS (default: built with cargo; the server is $TIDEWIRE_BIN or
 // the `tidewire` next to it); TIDEWIRE_CHROMIUM (default /usr/bin/chromium);
 // TIDEWIRE_VITE_PORTS (default 18090: server 18090, control 18091, proxy 18092, preview 18093).
 import { execFileSync, spawn } from 'node:child_process';
@@ -21,13 +21,16 @@ import assert from 'node:assert/strict';
 
 const app = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(app, '..', '..');
+// A build named by its variable is used as it is (built when missing); otherwise it is
+// (re)built here, so a stale one is never tested.
 const targets = [
-  { target: 'web', pkgDir: path.resolve(process.env.TIDEWIRE_PKG ?? path.join(root, 'client', 'pkg')) },
-  {
-    target: 'bundler',
-    pkgDir: path.resolve(process.env.TIDEWIRE_PKG_BUNDLER ?? path.join(root, 'client', 'pkg-bundler')),
-  },
-];
+  { target: 'web', env: 'TIDEWIRE_PKG', dir: 'pkg' },
+  { target: 'bundler', env: 'TIDEWIRE_PKG_BUNDLER', dir: 'pkg-bundler' },
+].map(({ target, env, dir }) => ({
+  target,
+  given: Boolean(process.env[env]),
+  pkgDir: path.resolve(process.env[env] ?? path.join(root, 'client', dir)),
+}));
 const base = Number(process.env.TIDEWIRE_VITE_PORTS ?? 18090);
 const [serverPort, ctlPort, proxyPort, previewPort] = [base, base + 1, base + 2, base + 3];
 const serverUrl = `http://127.0.0.1:${serverPort}`;
@@ -46,8 +49,8 @@ async function sleep(ms) {
 }
 
 /** Builds (when missing), packs and installs one build of the package; returns its gzipped sizes. */
-function install({ target, pkgDir }) {
-  if (!fs.existsSync(path.join(pkgDir, 'package.json'))) {
+function install({ target, given, pkgDir }) {
+  if (!given || !fs.existsSync(path.join(pkgDir, 'package.json'))) {
     run('wasm-pack', ['build', path.join(root, 'client'), '--release', '--target', target, '--out-dir', pkgDir], {
       stdio: 'inherit',
     });
