@@ -30,6 +30,7 @@ use tidewire_protocol::{
 
 use crate::backoff::{Backoff, BackoffConfig, Random};
 use crate::http;
+use crate::ladder::{Ladder, Outcome};
 use crate::listeners::{ListenerStream, Listeners, Subscription};
 use crate::room::{RoomState, ViewItem, WriteOp};
 use crate::state::{ConnState, Input, StateMachine, TransportKind};
@@ -235,7 +236,7 @@ struct Conn {
     random: Box<dyn Random>,
     active: Option<Active>,
     gen: u64,
-    want_ws: bool,
+    ladder: Ladder,
     key_seq: u64,
     window_listeners: Vec<EventListener>,
 }
@@ -331,7 +332,7 @@ impl Client {
                 random,
                 active: None,
                 gen: 0,
-                want_ws: options.transport == Some(TransportKind::Ws),
+                ladder: Ladder::new(options.transport),
                 key_seq: 0,
                 window_listeners: Vec::new(),
             }),
@@ -621,20 +622,6 @@ impl Shared {
         })
     }
 
-    fn choose(&self, level: u8, ws_failures: u32) -> (TransportKind, bool) {
-        if let Some(t) = self.forced {
-            return (t, false);
-        }
-        if self.conn.borrow().want_ws && ws_failures < 3 {
-            return (TransportKind::Ws, false);
-        }
-        match level {
-            0 => (TransportKind::Sse, false),
-            1 => (TransportKind::LongPoll, true),
-            _ => (TransportKind::Poll, true),
-        }
-    }
-
     fn ws_url(&self) -> String {
         let base = if let Some(rest) = self.url.strip_prefix("https://") {
             format!("wss://{rest}")
@@ -762,9 +749,6 @@ fn online() -> bool {
 
 /// The supervisor: one task per client.
 async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
-    let mut level: u8 = 0;
-    let mut sse_failures = 0u32;
-    let mut ws_failures = 0u32;
     // Set by the browser's `offline` event, cleared by `online`.
     let mut offline_event = false;
     'outer: loop {
@@ -794,7 +778,7 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
             }
             continue;
         }
-        let (kind, degraded) = shared.choose(level, ws_failures);
+        let (kind, degraded) = shared.conn.borrow().ladder.choose();
         shared.set(Input::Connect);
         // Every room starts from its snapshot.
         let mut fetch_failed = false;
@@ -810,7 +794,7 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
                 stalled: false,
             }
         } else {
-            connect(&shared, &mut rx, kind, degraded, &mut level).await
+            connect(&shared, &mut rx, kind, degraded).await
         };
         if shared.is_closed() {
             break;
@@ -826,38 +810,22 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
                 opened_for,
                 stalled,
             } => {
-                if opened_for.is_some() {
-                    sse_failures = 0;
-                    if kind == TransportKind::Ws {
-                        ws_failures = 0;
-                    }
-                }
-                if shared.forced.is_none() && opened_for.is_none() {
-                    match kind {
-                        TransportKind::Ws => ws_failures += 1,
-                        TransportKind::Sse if stalled => {
-                            level = 1;
-                            continue;
-                        }
-                        TransportKind::LongPoll if stalled => {
-                            level = 2;
-                            continue;
-                        }
-                        TransportKind::Sse if !fetch_failed => {
-                            // Only failures while the server answers REST count: a server
-                            // that is down is not a reason to leave SSE.
-                            if http::reachable(&shared.url).await {
-                                sse_failures += 1;
-                            } else {
-                                sse_failures = 0;
-                            }
-                            if sse_failures >= 2 {
-                                sse_failures = 0;
-                                level = 1;
-                                continue;
-                            }
-                        }
-                        _ => {}
+                // A connection that never opened may move the client down the ladder
+                // (a failed snapshot fetch says nothing about the transport).
+                if opened_for.is_none() && !fetch_failed {
+                    let probe = shared.conn.borrow().ladder.needs_probe(kind, stalled);
+                    let reachable = if probe {
+                        Some(http::reachable(&shared.url).await)
+                    } else {
+                        None
+                    };
+                    let outcome = shared
+                        .conn
+                        .borrow_mut()
+                        .ladder
+                        .failed(kind, stalled, reachable);
+                    if outcome == Outcome::Switch {
+                        continue;
                     }
                 }
                 let (attempt, delay) = {
@@ -901,7 +869,6 @@ async fn connect(
     rx: &mut UnboundedReceiver<Msg>,
     kind: TransportKind,
     degraded: bool,
-    level: &mut u8,
 ) -> End {
     let gen = {
         let mut c = shared.conn.borrow_mut();
@@ -953,7 +920,7 @@ async fn connect(
                         }
                     }
                     Some(t) if degraded && now >= t + shared.climb_ms => {
-                        *level = 0;
+                        shared.conn.borrow_mut().ladder.climb();
                         break End::Again;
                     }
                     _ => {}
@@ -963,6 +930,7 @@ async fn connect(
             Some(Msg::Transport(_, m)) => match m {
                 TransportMsg::Opened => {
                     opened_at = Some(now);
+                    shared.conn.borrow_mut().ladder.opened(kind);
                     shared.set(Input::Opened {
                         transport: kind,
                         degraded,
@@ -1368,9 +1336,8 @@ impl Room {
                 })
             }
         }
-        let mut c = self.shared.conn.borrow_mut();
-        if !c.want_ws {
-            c.want_ws = true;
+        let changed = self.shared.conn.borrow_mut().ladder.want_ws();
+        if changed {
             let _ = self.shared.tx.unbounded_send(Msg::WantWs);
         }
         Ok(())

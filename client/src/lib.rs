@@ -6,7 +6,8 @@
 //!
 //! The logic that decides things is plain Rust and tested natively:
 //! [`backoff`] (exponential backoff with full jitter), [`state`] (the connection state
-//! machine) and [`room`] (room state, ordering, pending writes). The browser layer
+//! machine), [`ladder`] (which transport next: fallback and climb-back) and [`room`] (room
+//! state, ordering, pending writes). The browser layer
 //! (`client`, `transport`, `http`, `js`) is a thin shell around them, compiled for wasm32 only.
 //!
 //! ```
@@ -32,6 +33,7 @@ mod error;
 pub mod http;
 #[cfg(target_arch = "wasm32")]
 pub mod js;
+pub mod ladder;
 pub mod listeners;
 pub mod room;
 pub mod state;
