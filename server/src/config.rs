@@ -51,7 +51,7 @@ pub struct Config {
     /// Redis URL for several nodes (not supported yet).
     #[arg(long, env = "TIDEWIRE_REDIS")]
     pub redis: Option<String>,
-    /// HS256 secret for JWT auth (not supported yet).
+    /// HS256 secret for JWT auth; without it access is open (the demo).
     #[arg(long, env = "TIDEWIRE_JWT_SECRET")]
     pub jwt_secret: Option<String>,
     /// Allowed CORS origins, comma separated (default: any origin).

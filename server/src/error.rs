@@ -76,6 +76,12 @@ pub enum Error {
     /// Not allowed to read or write this room.
     #[error("{0}")]
     Forbidden(String),
+    /// No credentials, or credentials that are not valid (auth is on).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token has expired: get a fresh one.
+    #[error("the token has expired")]
+    TokenExpired,
     /// The server is draining.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -109,6 +115,8 @@ impl Error {
             Error::TooManyConnections(_) => ErrorCode::TooManyConnections,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
             Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::Unauthorized(_) => ErrorCode::Unauthorized,
+            Error::TokenExpired => ErrorCode::TokenExpired,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
             Error::Store(_) => ErrorCode::StoreUnavailable,
             Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,

@@ -1,7 +1,9 @@
 //! Who is making a request, derived in one place, and the one room-access check.
 //!
-//! Today the client key is the peer IP address (anonymous access). JWT auth replaces
-//! [`ClientIdentity`]'s extractor and [`authorize`] without touching the handlers.
+//! With no JWT secret configured every caller is anonymous, keyed by peer IP, and may do
+//! anything. With a secret, [`ClientIdentity`]'s extractor takes the credentials a browser can
+//! send — `Authorization: Bearer <jwt>`, a single-use `?ticket=` from `POST /v1/tickets`, or
+//! the `tidewire_token` cookie — and [`authorize`] checks the token's room patterns.
 //!
 //! ```
 //! use tidewire_server::identity::{authorize, Access, ClientIdentity};
@@ -9,13 +11,15 @@
 //! assert!(authorize(&who, "board-1", Access::Write).is_ok());
 //! ```
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 
-use crate::Result;
+use crate::auth::{Grant, COOKIE_NAME};
+use crate::{AppState, Error, Result};
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,8 @@ pub struct ClientIdentity {
     pub key: String,
     /// The authenticated subject, when auth is on.
     pub subject: Option<String>,
+    /// What the token allows; `None` when auth is off (everything is allowed).
+    pub grant: Option<Arc<Grant>>,
 }
 
 impl ClientIdentity {
@@ -32,20 +38,85 @@ impl ClientIdentity {
         ClientIdentity {
             key: key.into(),
             subject: None,
+            grant: None,
+        }
+    }
+
+    /// An authenticated caller, keyed by its subject.
+    pub fn authenticated(grant: Arc<Grant>) -> Self {
+        ClientIdentity {
+            key: format!("sub:{}", grant.subject),
+            subject: Some(grant.subject.clone()),
+            grant: Some(grant),
         }
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIdentity {
-    type Rejection = Infallible;
+/// The Bearer token of `headers`, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let key = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string())
-            .unwrap_or_else(|| "local".to_owned());
-        Ok(ClientIdentity::anonymous(key))
+fn cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE_NAME)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a request carries any credentials (Bearer, `?ticket=`, cookie).
+pub fn has_credentials(headers: &HeaderMap, query: Option<&str>) -> bool {
+    headers.contains_key(header::AUTHORIZATION)
+        || ticket(query).is_some()
+        || cookie(headers).is_some()
+}
+
+fn ticket(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "ticket")
+        .map(|(_, v)| v)
+}
+
+impl FromRequestParts<AppState> for ClientIdentity {
+    type Rejection = Error;
+
+    /// Anonymous when auth is off. Otherwise the Bearer token wins, then `?ticket=`, then
+    /// the cookie; none of them is `401 unauthorized`.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let Some(auth) = state.auth.as_ref() else {
+            let key = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_string())
+                .unwrap_or_else(|| "local".to_owned());
+            return Ok(ClientIdentity::anonymous(key));
+        };
+        let grant = if let Some(token) = bearer(&parts.headers) {
+            auth.verify(token)?
+        } else if let Some(t) = ticket(parts.uri.query()) {
+            auth.redeem(t)?
+        } else if let Some(token) = cookie(&parts.headers) {
+            auth.verify(token)?
+        } else {
+            return Err(Error::Unauthorized(
+                "credentials required: Authorization: Bearer <token>, ?ticket= or the \
+                 tidewire_token cookie"
+                    .into(),
+            ));
+        };
+        Ok(ClientIdentity::authenticated(grant))
     }
 }
 
@@ -58,8 +129,65 @@ pub enum Access {
     Write,
 }
 
-/// Whether `who` may `access` `room`. Open access until auth is configured.
+/// Whether `who` may `access` `room`: always when auth is off; otherwise `token_expired`
+/// past the token's expiry, `forbidden` when no pattern of the token matches.
 pub fn authorize(who: &ClientIdentity, room: &str, access: Access) -> Result<()> {
-    let _ = (who, room, access);
-    Ok(())
+    let Some(grant) = &who.grant else {
+        return Ok(());
+    };
+    if grant.expired() {
+        return Err(Error::TokenExpired);
+    }
+    let ok = match access {
+        Access::Read => grant.can_read(room),
+        Access::Write => grant.can_write(room),
+    };
+    if ok {
+        Ok(())
+    } else {
+        let what = match access {
+            Access::Read => "read",
+            Access::Write => "write",
+        };
+        Err(Error::Forbidden(format!(
+            "the token does not allow to {what} room `{room}`"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Auth, Claims};
+
+    #[test]
+    fn credentials_are_found() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        h.insert(header::COOKIE, "x=1; tidewire_token=tok".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(cookie(&h), Some("tok"));
+        assert_eq!(ticket(Some("rooms=a&ticket=t1")), Some("t1"));
+        assert_eq!(ticket(Some("rooms=a")), None);
+    }
+
+    #[test]
+    fn authorize_checks_patterns_and_access() {
+        let auth = Auth::new("s");
+        let t = auth
+            .mint(&Claims::new("a", 60, &["board-*"], &["board-1"]))
+            .unwrap();
+        let who = ClientIdentity::authenticated(auth.verify(&t).unwrap());
+        assert_eq!(who.key, "sub:a");
+        assert!(authorize(&who, "board-2", Access::Read).is_ok());
+        assert!(matches!(
+            authorize(&who, "board-2", Access::Write),
+            Err(Error::Forbidden(_))
+        ));
+        assert!(authorize(&who, "board-1", Access::Write).is_ok());
+        assert!(matches!(
+            authorize(&who, "chat", Access::Read),
+            Err(Error::Forbidden(_))
+        ));
+    }
 }

@@ -21,6 +21,7 @@
 //! queue per connection, drained by SSE, WebSocket or long-poll). [`presence`] is ephemeral
 //! state; [`limits`], [`identity`] and [`shutdown`] are cross-cutting.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub shutdown: Shutdown,
     /// The metrics page.
     pub metrics: PrometheusHandle,
+    /// JWT auth, when a secret is configured (`None`: open access).
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 /// The state type of every route.
@@ -89,9 +92,11 @@ impl Server {
         if config.redis.is_some() {
             return Err(not_yet("--redis (a Redis bus and presence)"));
         }
-        if config.jwt_secret.is_some() {
-            return Err(not_yet("--jwt-secret (JWT auth)"));
-        }
+        let auth = match config.jwt_secret.as_deref() {
+            Some("") => return Err(Error::Config("--jwt-secret must not be empty".into())),
+            Some(secret) => Some(Arc::new(auth::Auth::new(secret))),
+            None => None,
+        };
         let db = config.database.as_str();
         if db.starts_with("postgres://") || db.starts_with("postgresql://") {
             return Err(not_yet("a PostgreSQL database"));
@@ -122,6 +127,7 @@ impl Server {
             ),
             shutdown: Shutdown::new(config.drain_window()),
             metrics: metrics::install(),
+            auth,
             service: Service::new(store, bus, presence),
             hub,
             config,

@@ -39,13 +39,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sse", get(sse::handler))
         .route("/v1/ws", get(ws::handler))
         .route("/v1/poll", get(poll::handler))
+        .route("/v1/tickets", axum::routing::post(crate::auth::tickets))
         .route("/v1", axum::routing::any(not_found))
         .route("/v1/{*rest}", axum::routing::any(not_found))
         .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                // The path only: query strings may carry a `ticket`, which is never logged.
+                |req: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+                },
+            ),
+        );
     api.nest_service("/pkg", ServeDir::new(&config.pkg_dir))
         .fallback_service(ServeDir::new(&config.www_dir))
         .layer(cors(&config.cors_origin))

@@ -153,10 +153,13 @@ impl Session {
                 limit,
             });
         }
-        let mut out = Vec::new();
+        // Every room is checked before any is followed: a refused room follows none.
         for room in rooms {
             tidewire_protocol::validate_room(room)?;
             authorize(&self.identity, room, Access::Read)?;
+        }
+        let mut out = Vec::new();
+        for room in rooms {
             self.state
                 .hub
                 .register(room, &self.id, self.outbox.clone(), presence);
@@ -310,6 +313,31 @@ impl Session {
             .presence_join(room, &self.id, member)
             .await?;
         self.joined.insert(room.to_owned());
+        Ok(())
+    }
+
+    /// When the connection's token expires (`None`: never, auth is off).
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        let grant = self.identity.grant.as_ref()?;
+        Some(tokio::time::Instant::now() + grant.remaining())
+    }
+
+    /// Replaces the connection's identity with a fresh token of the same subject. Rooms the
+    /// new token may not read are left.
+    pub async fn reauthenticate(&mut self, identity: ClientIdentity) -> Result<()> {
+        if identity.subject != self.identity.subject {
+            return Err(Error::Forbidden(
+                "a refreshed token must be for the same subject".into(),
+            ));
+        }
+        self.identity = identity;
+        let lost: Vec<String> = self
+            .cursor
+            .iter()
+            .map(|(room, _)| room.to_string())
+            .filter(|room| authorize(&self.identity, room, Access::Read).is_err())
+            .collect();
+        self.unfollow(&lost).await;
         Ok(())
     }
 

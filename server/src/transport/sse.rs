@@ -189,9 +189,28 @@ async fn run(
     }
     let mut heartbeat = tokio::time::interval(state.config.heartbeat());
     heartbeat.tick().await;
+    let expires = session.expires_at();
+    let expiry = async move {
+        match expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             biased;
+            _ = &mut expiry => {
+                // The client reconnects with a fresh ticket and its last id: nothing is lost.
+                let mut buf = Vec::new();
+                let msg = Session::error_message(
+                    ErrorCode::TokenExpired,
+                    "the token expired: reconnect with a fresh ticket and the last id",
+                );
+                push_ready(&mut buf, &Ready { payload: msg, id: None });
+                let _ = send(&tx, &session.inbox, buf, Duration::from_millis(500)).await;
+                return Ok(());
+            }
             _ = &mut draining => {
                 let mut buf = Vec::new();
                 push_ready(&mut buf, &Ready { payload: state.shutdown.reconnect_envelope().into(), id: None });

@@ -33,10 +33,16 @@ pub struct WsQuery {
     client_id: Option<String>,
 }
 
-/// The WebSocket handler.
+/// Seconds a WebSocket opened without credentials has to send its `auth` frame.
+const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The WebSocket handler. With auth on, credentials come with the upgrade (`?ticket=`,
+/// Bearer, cookie) or, when there are none, as the first frame `{"type":"auth","token":…}`.
 pub async fn handler(
     State(state): State<AppState>,
-    identity: ClientIdentity,
+    identity: std::result::Result<ClientIdentity, Error>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     query: std::result::Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response> {
@@ -47,16 +53,101 @@ pub async fn handler(
             e.body_text()
         ))
     })?;
-    let session = Session::open(state.clone(), identity, "ws", q.client_id)?;
     let max = state.config.max_body_bytes;
-    Ok(ws
+    let ws = ws
         .read_buffer_size(4096)
         .write_buffer_size(4096)
         .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            run(socket, session).await;
-        }))
+        .max_frame_size(max);
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(Error::Unauthorized(_)) if !crate::identity::has_credentials(&headers, uri.query()) => {
+            // No credentials on the upgrade: the first frame must be `auth`.
+            if state.shutdown.is_draining() {
+                return Err(Error::ShuttingDown);
+            }
+            return Ok(ws.on_upgrade(move |socket| async move {
+                if let Some((socket, session)) = first_frame_auth(socket, state, q.client_id).await
+                {
+                    run(socket, session).await;
+                }
+            }));
+        }
+        Err(err) => return Err(err),
+    };
+    let session = Session::open(state.clone(), identity, "ws", q.client_id)?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        run(socket, session).await;
+    }))
+}
+
+async fn close_socket(socket: &mut WebSocket, err: &Error) {
+    let frame = Message::Close(Some(CloseFrame {
+        code: err.code().number(),
+        reason: err.code().as_str().into(),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame)).await;
+}
+
+/// Waits for the `auth` frame of a connection opened without credentials, acks it and opens
+/// the session; closes with the error's code (4513 `unauthorized`, 4007 `token_expired`,
+/// 4006 `too_many_connections` …) otherwise.
+async fn first_frame_auth(
+    mut socket: WebSocket,
+    state: AppState,
+    client_id: Option<String>,
+) -> Option<(WebSocket, Session)> {
+    let Some(auth) = state.auth.clone() else {
+        return None;
+    };
+    let text = match tokio::time::timeout(AUTH_FRAME_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(Some(Ok(_))) | Err(_) => {
+            let err = Error::Unauthorized("the first frame must be `auth`".into());
+            close_socket(&mut socket, &err).await;
+            return None;
+        }
+        Ok(_) => return None,
+    };
+    let (r#ref, token) = match ClientFrame::decode(text.as_str()) {
+        Ok(ClientFrame::Auth { r#ref, token }) => (r#ref, token),
+        _ => {
+            let err = Error::Unauthorized("the first frame must be `auth`".into());
+            close_socket(&mut socket, &err).await;
+            return None;
+        }
+    };
+    let opened = auth
+        .verify(&token)
+        .map(ClientIdentity::authenticated)
+        .and_then(|identity| Session::open(state.clone(), identity, "ws", client_id));
+    match opened {
+        Ok(session) => {
+            let ack: ServerFrame = ServerFrame::Ack {
+                r#ref,
+                result: Ok(None),
+                cursor: None,
+            };
+            if socket
+                .send(Message::Text(ack.encode().into()))
+                .await
+                .is_err()
+            {
+                return None;
+            }
+            Some((socket, session))
+        }
+        Err(err) => {
+            let frame: ServerFrame = ServerFrame::Ack {
+                r#ref,
+                result: Err(err.ack_error()),
+                cursor: None,
+            };
+            let _ = socket.send(Message::Text(frame.encode().into())).await;
+            close_socket(&mut socket, &err).await;
+            None
+        }
+    }
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -143,9 +234,20 @@ async fn run(socket: WebSocket, session: Session) {
     ping.tick().await;
     let idle = state.config.idle_timeout();
     let mut last_seen = Instant::now();
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let expiry = tokio::time::sleep_until(conn.session.expires_at().unwrap_or_else(far));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             biased;
+            _ = &mut expiry => {
+                if conn.session.identity.grant.as_ref().is_some_and(|g| g.expired()) {
+                    conn.close(ErrorCode::TokenExpired, "token_expired").await;
+                    return;
+                }
+                // A fresh token arrived meanwhile.
+                expiry.as_mut().reset(conn.session.expires_at().unwrap_or_else(far));
+            }
             _ = &mut draining => {
                 let env = state.shutdown.reconnect_envelope();
                 let _ = conn.feed(env.into()).await;
@@ -157,7 +259,9 @@ async fn run(socket: WebSocket, session: Session) {
                 last_seen = Instant::now();
                 match msg {
                     Some(Ok(Message::Text(text))) => {
-                        match handle_frame(&mut conn, text.as_str()).await {
+                        let result = handle_frame(&mut conn, text.as_str()).await;
+                        expiry.as_mut().reset(conn.session.expires_at().unwrap_or_else(far));
+                        match result {
                             Ok(true) => {}
                             Ok(false) => return,
                             Err(err) => {
@@ -382,7 +486,21 @@ async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
             Ok(true)
         }
         ClientFrame::Ping { .. } => Ok(conn.feed_frame(ServerFrame::Pong { r#ref }).await),
-        ClientFrame::Auth { .. } => Ok(conn.feed_frame(ack(Ok(None))).await),
+        ClientFrame::Auth { token, .. } => {
+            let result = match state.auth.as_ref() {
+                // Open access: the frame is accepted and changes nothing.
+                None => Ok(None),
+                Some(auth) => match auth.verify(&token) {
+                    Ok(grant) => conn
+                        .session
+                        .reauthenticate(ClientIdentity::authenticated(grant))
+                        .await
+                        .map(|()| None),
+                    Err(err) => Err(err),
+                },
+            };
+            Ok(conn.feed_frame(ack(result)).await)
+        }
         _ => {
             let err = ProtocolError::UnknownFrameType("unsupported".into());
             Ok(conn

@@ -1,0 +1,281 @@
+//! JWT auth: HS256 tokens with room patterns, and single-use tickets for transports that
+//! cannot send headers (EventSource, and WebSocket as an alternative to the `auth` frame).
+//!
+//! A token's claims are `sub`, `exp` (seconds since the epoch), `read` and `write`: lists of
+//! room patterns where `*` matches any run of characters.
+//!
+//! ```
+//! use tidewire_server::auth::{Auth, Claims};
+//! let auth = Auth::new("secret");
+//! let token = auth.mint(&Claims::new("ada", 60, &["board-*"], &["board-1"])).unwrap();
+//! let grant = auth.verify(&token).unwrap();
+//! assert!(grant.can_read("board-7") && !grant.can_write("board-7"));
+//! let ticket = auth.issue_ticket(grant.clone());
+//! assert_eq!(auth.redeem(&ticket).unwrap().subject, "ada");
+//! assert!(auth.redeem(&ticket).is_err(), "tickets are single-use");
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Seconds a ticket from `POST /v1/tickets` stays valid.
+pub const TICKET_TTL_SECS: u64 = 30;
+
+/// The cookie that may carry the token (for EventSource on the same site).
+pub const COOKIE_NAME: &str = "tidewire_token";
+
+/// The claims of a Tidewire token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The subject: limits are counted against it.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Room patterns the subject may read.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Room patterns the subject may write.
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+impl Claims {
+    /// Claims for `sub` expiring `ttl_secs` from now.
+    pub fn new(sub: &str, ttl_secs: u64, read: &[&str], write: &[&str]) -> Claims {
+        Claims {
+            sub: sub.to_owned(),
+            exp: now_secs() + ttl_secs,
+            read: read.iter().map(|s| s.to_string()).collect(),
+            write: write.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// What a verified token allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The subject.
+    pub subject: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    read: Vec<String>,
+    write: Vec<String>,
+}
+
+impl Grant {
+    /// Whether `room` matches one of the read patterns.
+    pub fn can_read(&self, room: &str) -> bool {
+        self.read.iter().any(|p| pattern_matches(p, room))
+    }
+    /// Whether `room` matches one of the write patterns.
+    pub fn can_write(&self, room: &str) -> bool {
+        self.write.iter().any(|p| pattern_matches(p, room))
+    }
+    /// Whether the token has expired.
+    pub fn expired(&self) -> bool {
+        now_secs() >= self.exp
+    }
+    /// Time left until expiry (zero when expired).
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(now_secs()))
+            .saturating_sub(Duration::from_millis(now_millis_part()))
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn now_millis_part() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_millis()))
+}
+
+/// Whether `room` matches `pattern`, where `*` matches any run of characters (also none).
+pub fn pattern_matches(pattern: &str, room: &str) -> bool {
+    let (p, r) = (pattern.as_bytes(), room.as_bytes());
+    let (mut pi, mut ri) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ri < r.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ri));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == r[ri] {
+            pi += 1;
+            ri += 1;
+        } else if let Some((sp, sr)) = star {
+            pi = sp + 1;
+            ri = sr + 1;
+            star = Some((sp, sr + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
+/// The verifier and the ticket store of one server.
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    tickets: Mutex<HashMap<String, (Grant, Instant)>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth { .. }")
+    }
+}
+
+impl Auth {
+    /// Auth with the HS256 `secret`.
+    pub fn new(secret: &str) -> Auth {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Auth {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            tickets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Signs `claims` (for tests and tools that share the secret).
+    pub fn mint(&self, claims: &Claims) -> Result<String> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| Error::Internal(format!("signing a token: {e}")))
+    }
+
+    /// Verifies a token: `token_expired` past `exp`, `unauthorized` for anything else wrong.
+    pub fn verify(&self, token: &str) -> Result<Arc<Grant>> {
+        let data =
+            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => Error::TokenExpired,
+                    ErrorKind::InvalidSignature => {
+                        Error::Unauthorized("the token's signature is not valid".into())
+                    }
+                    _ => Error::Unauthorized(format!("the token is not valid: {e}")),
+                }
+            })?;
+        let c = data.claims;
+        let grant = Grant {
+            subject: c.sub,
+            exp: c.exp,
+            read: c.read,
+            write: c.write,
+        };
+        if grant.expired() {
+            return Err(Error::TokenExpired);
+        }
+        Ok(Arc::new(grant))
+    }
+
+    /// A single-use ticket for `grant`, valid [`TICKET_TTL_SECS`].
+    pub fn issue_ticket(&self, grant: Arc<Grant>) -> String {
+        use rand::RngCore;
+        let mut bytes = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let ticket: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let now = Instant::now();
+        let mut map = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, until)| *until > now);
+        map.insert(
+            ticket.clone(),
+            ((*grant).clone(), now + Duration::from_secs(TICKET_TTL_SECS)),
+        );
+        ticket
+    }
+
+    /// Redeems a ticket once: `unauthorized` when unknown, used or older than its TTL,
+    /// `token_expired` when the token it was issued for has expired meanwhile.
+    pub fn redeem(&self, ticket: &str) -> Result<Arc<Grant>> {
+        let mut map = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        match map.remove(ticket) {
+            Some((grant, until)) if until > Instant::now() => {
+                if grant.expired() {
+                    return Err(Error::TokenExpired);
+                }
+                Ok(Arc::new(grant))
+            }
+            _ => Err(Error::Unauthorized(
+                "the ticket is unknown, used or expired: get a new one from POST /v1/tickets"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// The answer of `POST /v1/tickets`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TicketResponse {
+    /// The single-use ticket, for `?ticket=`.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+/// `POST /v1/tickets` with `Authorization: Bearer <jwt>`: a single-use ticket for
+/// `?ticket=` on `/v1/sse` (and `/v1/ws`, `/v1/poll`). Only a Bearer token is accepted here.
+pub async fn tickets(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<TicketResponse>> {
+    let Some(auth) = state.auth.as_ref() else {
+        return Err(Error::NotFound(
+            "tickets exist only when auth is on (--jwt-secret)".into(),
+        ));
+    };
+    let token = crate::identity::bearer(&headers).ok_or_else(|| {
+        Error::Unauthorized("POST /v1/tickets needs Authorization: Bearer <token>".into())
+    })?;
+    let grant = auth.verify(token)?;
+    Ok(axum::Json(TicketResponse {
+        ticket: auth.issue_ticket(grant),
+        expires_in: TICKET_TTL_SECS,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(pattern_matches("board-*", "board-1"));
+        assert!(pattern_matches("board-*", "board-"));
+        assert!(!pattern_matches("board-*", "boardx"));
+        assert!(pattern_matches("*", "anything"));
+        assert!(pattern_matches("a*c*e", "abcde"));
+        assert!(!pattern_matches("a*c*e", "abcdf"));
+        assert!(pattern_matches("chat", "chat"));
+        assert!(!pattern_matches("chat", "chat2"));
+        assert!(!pattern_matches("", "x"));
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        let auth = Auth::new("s");
+        let other = Auth::new("t");
+        let ok = auth.mint(&Claims::new("a", 60, &["r"], &[])).unwrap();
+        assert!(auth.verify(&ok).is_ok());
+        assert!(matches!(other.verify(&ok), Err(Error::Unauthorized(_))));
+        let mut old = Claims::new("a", 0, &["r"], &[]);
+        old.exp -= 10;
+        let old = auth.mint(&old).unwrap();
+        assert!(matches!(auth.verify(&old), Err(Error::TokenExpired)));
+        assert!(matches!(auth.verify("nope"), Err(Error::Unauthorized(_))));
+    }
+}
