@@ -1,6 +1,6 @@
 //! The durable side: each room's append-only log and its materialized items.
 //!
-//! [`Store`] is the contract every backend implements (SQLite now, PostgreSQL later).
+//! [`Store`] is the contract every backend implements (SQLite for one node, PostgreSQL for several).
 //! [`test_suite`] holds behaviour tests written once against `&dyn Store`, which every
 //! implementation runs.
 //!
@@ -19,6 +19,7 @@
 //! #   tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f) } }
 //! ```
 
+pub mod postgres;
 pub mod sqlite;
 #[doc(hidden)]
 pub mod test_suite;
