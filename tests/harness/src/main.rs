@@ -16,7 +16,7 @@
 //! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`,
 //!   `TIDEWIRE_CTL_URL` and `TIDEWIRE_PROXY_URL` set (and `WASM_BINDGEN_TEST_TIMEOUT=180` unless
 //!   set), stops everything when it ends, and exits with its exit code. Without one it runs
-//!   until interrupted (SIGINT).
+//!   until SIGINT or SIGTERM, and stops the server either way.
 //!
 //! ```text
 //! cargo build -p tidewire-server --bin tidewire -p tidewire-harness
@@ -286,6 +286,21 @@ async fn serve(addr: SocketAddr, app: Router) -> Result<()> {
     Ok(())
 }
 
+/// SIGINT or SIGTERM: either way the server is stopped before the harness exits.
+async fn stop_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -330,7 +345,7 @@ async fn main() -> Result<()> {
     println!("harness: server {upstream}, control {ctl_url}, proxy {proxy_url}");
 
     let code = if args.command.is_empty() {
-        tokio::signal::ctrl_c().await?;
+        stop_signal().await;
         0
     } else {
         let mut cmd = Command::new(&args.command[0]);
@@ -348,7 +363,7 @@ async fn main() -> Result<()> {
             .with_context(|| format!("running {:?}", args.command))?;
         tokio::select! {
             status = child.wait() => status?.code().unwrap_or(1),
-            _ = tokio::signal::ctrl_c() => { let _ = child.kill().await; 130 }
+            _ = stop_signal() => { let _ = child.kill().await; 130 }
         }
     };
     ctl.server.lock().await.stop(false).await;
