@@ -13,6 +13,7 @@
 //! ```
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

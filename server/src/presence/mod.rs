@@ -18,6 +18,7 @@
 //! ```
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use tidewire_protocol::Member;

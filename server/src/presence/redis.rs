@@ -1,0 +1,446 @@
+//! The Redis [`Presence`]: members are seen from every node; a node that dies has its members
+//! expire after the TTL.
+//!
+//! Per room two keys: `<prefix>presence:m:<room>` (hash: client id → member JSON) and
+//! `<prefix>presence:h:<room>` (sorted set of holders `<node>|<client id>`, scored by the Unix
+//! millisecond at which the hold runs out). A node holding a live connection keeps its hold at
+//! now + TTL (on `join` and `touch`); when its last local connection of a member leaves, the
+//! hold is set to now + grace, so a reconnect to any node within the grace is not leave + join.
+//! `reap` (every node, often) runs one Lua script per room that removes run-out holds and, for
+//! a member with no hold left, deletes it and reports it: the script is atomic, so exactly one
+//! node announces each leave. A node that dies stops refreshing, so its holds run out after
+//! the TTL. The set `<prefix>presence:rooms` lists rooms to reap.
+//!
+//! ```no_run
+//! # async fn f() -> tidewire_server::Result<()> {
+//! use std::time::Duration;
+//! use tidewire_server::presence::{redis::RedisPresence, Presence};
+//! let p = RedisPresence::connect("redis://127.0.0.1:6379", "app1:", Duration::from_secs(5), Duration::from_secs(60)).await?;
+//! assert!(p.members("r").await?.is_empty());
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use tidewire_protocol::Member;
+
+use super::Presence;
+use crate::bus::redis::redis_error;
+use crate::{Error, Result};
+
+const JOIN: &str = r"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return old
+";
+
+const REAP: &str = r"
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local gone = {}
+if #expired > 0 then
+  for _, h in ipairs(expired) do redis.call('ZREM', KEYS[2], h) end
+  local left = {}
+  for _, h in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do left[string.sub(h, 28)] = true end
+  for _, h in ipairs(expired) do
+    local cid = string.sub(h, 28)
+    if not left[cid] then
+      local m = redis.call('HGET', KEYS[1], cid)
+      if m then
+        redis.call('HDEL', KEYS[1], cid)
+        table.insert(gone, m)
+      end
+    end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[2])
+end
+return gone
+";
+
+#[derive(Default)]
+struct Local {
+    /// (room, client id) → local connections holding it.
+    holds: HashMap<(String, String), HashSet<String>>,
+    /// connection → what it holds.
+    by_conn: HashMap<String, HashSet<(String, String)>>,
+}
+
+/// Presence in Redis.
+pub struct RedisPresence {
+    conn: ConnectionManager,
+    prefix: String,
+    node: String,
+    grace: Duration,
+    ttl: Duration,
+    local: Mutex<Local>,
+    join: redis::Script,
+    reap: redis::Script,
+}
+
+fn now_ms() -> i64 {
+    crate::store::now().1
+}
+
+impl RedisPresence {
+    /// Connects to `url`; keys are named with `prefix`. Members leave `grace` after their last
+    /// connection, or `ttl` after they were last seen (by any node).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        grace: Duration,
+        ttl: Duration,
+    ) -> Result<RedisPresence> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::Config(format!("bad Redis URL `{url}`: {e}")))?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
+            .await
+            .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
+            .map_err(redis_error)?;
+        Ok(RedisPresence {
+            conn,
+            prefix: prefix.to_owned(),
+            node: ulid::Ulid::generate().to_string(),
+            grace,
+            ttl,
+            local: Mutex::new(Local::default()),
+            join: redis::Script::new(JOIN),
+            reap: redis::Script::new(REAP),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn members_key(&self, room: &str) -> String {
+        format!("{}presence:m:{room}", self.prefix)
+    }
+
+    fn holders_key(&self, room: &str) -> String {
+        format!("{}presence:h:{room}", self.prefix)
+    }
+
+    fn rooms_key(&self) -> String {
+        format!("{}presence:rooms", self.prefix)
+    }
+
+    fn holder(&self, client_id: &str) -> String {
+        format!("{}|{client_id}", self.node)
+    }
+
+    fn key_ttl_ms(&self) -> i64 {
+        ((self.ttl + self.grace).as_millis() as i64).saturating_mul(4)
+    }
+
+    async fn hold_until(&self, room: &str, client_id: &str, until_ms: i64) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZADD")
+            .arg(self.holders_key(room))
+            .arg("XX")
+            .arg(until_ms)
+            .arg(self.holder(client_id))
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+}
+
+fn parse(json: &str) -> Result<Member> {
+    serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored member is not JSON: {e}")))
+}
+
+#[async_trait]
+impl Presence for RedisPresence {
+    async fn join(&self, room: &str, conn: &str, member: Member) -> Result<bool> {
+        {
+            let mut local = self.lock();
+            let key = (room.to_owned(), member.client_id.clone());
+            local
+                .holds
+                .entry(key.clone())
+                .or_default()
+                .insert(conn.to_owned());
+            local.by_conn.entry(conn.to_owned()).or_default().insert(key);
+        }
+        let json = serde_json::to_string(&member)
+            .map_err(|e| Error::Internal(format!("member is not JSON: {e}")))?;
+        let mut c = self.conn.clone();
+        let old: Option<String> = self
+            .join
+            .key(self.members_key(room))
+            .key(self.holders_key(room))
+            .key(self.rooms_key())
+            .arg(&member.client_id)
+            .arg(&json)
+            .arg(self.holder(&member.client_id))
+            .arg(now_ms() + self.ttl.as_millis() as i64)
+            .arg(room)
+            .arg(self.key_ttl_ms())
+            .invoke_async(&mut c)
+            .await
+            .map_err(redis_error)?;
+        Ok(match old {
+            None => true,
+            Some(old) => parse(&old).map_or(true, |old| old != member),
+        })
+    }
+
+    async fn leave(&self, room: &str, conn: &str, client_id: &str) -> Result<()> {
+        let released = {
+            let mut local = self.lock();
+            let key = (room.to_owned(), client_id.to_owned());
+            if let Some(set) = local.by_conn.get_mut(conn) {
+                set.remove(&key);
+                if set.is_empty() {
+                    local.by_conn.remove(conn);
+                }
+            }
+            match local.holds.get_mut(&key) {
+                Some(conns) => {
+                    conns.remove(conn);
+                    if conns.is_empty() {
+                        local.holds.remove(&key);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if released {
+            self.hold_until(room, client_id, now_ms() + self.grace.as_millis() as i64)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn touch(&self, conn: &str) -> Result<()> {
+        let held: Vec<(String, String)> = self
+            .lock()
+            .by_conn
+            .get(conn)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let until = now_ms() + self.ttl.as_millis() as i64;
+        let mut pipe = redis::pipe();
+        for (room, client_id) in &held {
+            pipe.cmd("ZADD")
+                .arg(self.holders_key(room))
+                .arg("XX")
+                .arg(until)
+                .arg(self.holder(client_id))
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(self.holders_key(room))
+                .arg(self.key_ttl_ms())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(self.members_key(room))
+                .arg(self.key_ttl_ms())
+                .ignore();
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<Member>> {
+        let mut c = self.conn.clone();
+        let all: Vec<(String, String)> = c
+            .hgetall(self.members_key(room))
+            .await
+            .map_err(redis_error)?;
+        let mut members = all
+            .iter()
+            .map(|(_, json)| parse(json))
+            .collect::<Result<Vec<_>>>()?;
+        members.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        Ok(members)
+    }
+
+    async fn reap(&self) -> Result<Vec<(String, Member)>> {
+        let mut c = self.conn.clone();
+        let rooms: Vec<String> = c.smembers(self.rooms_key()).await.map_err(redis_error)?;
+        let now = now_ms();
+        let mut gone = Vec::new();
+        for room in rooms {
+            let left: Vec<String> = self
+                .reap
+                .key(self.members_key(&room))
+                .key(self.holders_key(&room))
+                .key(self.rooms_key())
+                .arg(now)
+                .arg(&room)
+                .invoke_async(&mut c)
+                .await
+                .map_err(redis_error)?;
+            for json in left {
+                gone.push((room.clone(), parse(&json)?));
+            }
+        }
+        Ok(gone)
+    }
+}
+
+/// Test helpers: the local Redis.
+#[doc(hidden)]
+pub mod testing {
+    /// The Redis the tests use: `TIDEWIRE_TEST_REDIS` or the local default.
+    pub fn url() -> String {
+        std::env::var("TIDEWIRE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    async fn reachable(url: &str) -> bool {
+        let Ok(client) = redis::Client::open(url) else {
+            return false;
+        };
+        let ping = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(3), ping).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Makes sure Redis answers: starts the local one when it does not, and panics loudly
+    /// when it still does not, unless `TIDEWIRE_SKIP_SERVICES=1`, in which case it prints
+    /// `SKIPPED: …` and answers `false`.
+    pub async fn ensure() -> bool {
+        let url = url();
+        if reachable(&url).await {
+            return true;
+        }
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("mkdir -p /var/lib/redis /var/log/redis; redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log")
+            .status();
+        for _ in 0..20 {
+            if reachable(&url).await {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        if std::env::var("TIDEWIRE_SKIP_SERVICES").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: Redis not reachable at {url} (TIDEWIRE_SKIP_SERVICES=1)");
+            return false;
+        }
+        panic!("Redis not reachable at {url} and could not be started; set TIDEWIRE_SKIP_SERVICES=1 to skip");
+    }
+
+    /// Deletes every key that starts with `prefix`.
+    pub async fn clean(prefix: &str) {
+        let client = redis::Client::open(url()).expect("url");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn member(id: &str, meta: serde_json::Value) -> Member {
+        Member {
+            client_id: id.into(),
+            user: None,
+            meta,
+        }
+    }
+
+    async fn two_nodes(grace_ms: u64, ttl_ms: u64) -> Option<(String, RedisPresence, RedisPresence)> {
+        if !testing::ensure().await {
+            return None;
+        }
+        let prefix = format!("tw-test-{}:", ulid::Ulid::generate());
+        let url = testing::url();
+        let open = || {
+            RedisPresence::connect(
+                &url,
+                &prefix,
+                Duration::from_millis(grace_ms),
+                Duration::from_millis(ttl_ms),
+            )
+        };
+        let (a, b) = (open().await.unwrap(), open().await.unwrap());
+        Some((prefix, a, b))
+    }
+
+    #[tokio::test]
+    async fn members_are_seen_from_every_node_and_a_reconnect_within_grace_is_quiet() {
+        let Some((prefix, a, b)) = two_nodes(300, 60_000).await else {
+            return;
+        };
+        assert!(a.join("r", "c1", member("ada", json!({}))).await.unwrap());
+        assert!(b.join("r", "c2", member("bob", json!({"n": 1}))).await.unwrap());
+        let ids: Vec<String> = b
+            .members("r")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect();
+        assert_eq!(ids, ["ada", "bob"]);
+        // ada moves from node a to node b within the grace.
+        a.leave("r", "c1", "ada").await.unwrap();
+        assert!(!b.join("r", "c3", member("ada", json!({}))).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(a.reap().await.unwrap().is_empty());
+        assert!(b.reap().await.unwrap().is_empty());
+        assert_eq!(a.members("r").await.unwrap().len(), 2);
+        // bob leaves for good: reported once, by one node.
+        b.leave("r", "c2", "bob").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (ga, gb) = (a.reap().await.unwrap(), b.reap().await.unwrap());
+        assert_eq!(ga.len() + gb.len(), 1);
+        assert_eq!(a.members("r").await.unwrap().len(), 1);
+        testing::clean(&prefix).await;
+    }
+
+    #[tokio::test]
+    async fn a_silent_node_s_members_expire_after_the_ttl() {
+        let Some((prefix, a, b)) = two_nodes(100, 300).await else {
+            return;
+        };
+        a.join("r", "c1", member("ada", json!({}))).await.unwrap();
+        b.join("r", "c2", member("bob", json!({}))).await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            b.touch("c2").await.unwrap();
+        }
+        // Node a never touched again (as if it died): ada expires, bob stays.
+        let gone = b.reap().await.unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].1.client_id, "ada");
+        let ids: Vec<String> = b.members("r").await.unwrap().into_iter().map(|m| m.client_id).collect();
+        assert_eq!(ids, ["bob"]);
+        testing::clean(&prefix).await;
+    }
+}
