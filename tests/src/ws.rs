@@ -67,6 +67,27 @@ impl WsClient {
         })
     }
 
+    /// Connects to `{base}/v1/ws?{query}`, e.g. `ticket=…` when auth is on.
+    pub async fn connect_query(base: &str, query: &str) -> Result<WsClient> {
+        let base = base.trim_end_matches('/').replacen("http://", "ws://", 1);
+        let url = format!("{base}/v1/ws?{query}");
+        let (ws, _resp) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            after: Duration::from_secs(10),
+            what: "the WebSocket handshake".into(),
+        })??;
+        Ok(WsClient {
+            ws,
+            queued: VecDeque::new(),
+            next_ref: 0,
+            pings: 0,
+        })
+    }
+
     /// Connects over a TCP stream the caller opened (e.g. with a small receive buffer).
     pub async fn connect_over(
         base: &str,
