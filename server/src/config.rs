@@ -41,16 +41,28 @@ pub struct Config {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "TIDEWIRE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Database URL: `sqlite://path`, `sqlite::memory:` (`postgres://` is not supported yet).
+    /// Database URL: `sqlite://path`, `sqlite::memory:`, or `postgres://user@host/db` (several
+    /// nodes share one PostgreSQL).
     #[arg(
         long,
         env = "TIDEWIRE_DATABASE",
         default_value = "sqlite://tidewire.db"
     )]
     pub database: String,
-    /// Redis URL for several nodes (not supported yet).
+    /// Redis URL (`redis://host:6379`) for several nodes: the bus and presence go through it.
     #[arg(long, env = "TIDEWIRE_REDIS")]
     pub redis: Option<String>,
+    /// Prefix of every Redis key and channel (several deployments can share one Redis).
+    #[arg(long, env = "TIDEWIRE_REDIS_PREFIX", default_value = "tidewire:")]
+    pub redis_prefix: String,
+    /// Tests only: drop every N-th durable bus message on purpose (0: none).
+    #[arg(
+        long,
+        env = "TIDEWIRE_BUS_DROP_EVERY",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub bus_drop_every: u64,
     /// HS256 secret for JWT auth; without it access is open (the demo).
     #[arg(long, env = "TIDEWIRE_JWT_SECRET")]
     pub jwt_secret: Option<String>,

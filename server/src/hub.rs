@@ -79,6 +79,15 @@ impl Hub {
         }
     }
 
+    /// The rooms local connections follow, each with the last `seq` delivered (for the
+    /// periodic head check that finds a lost last event).
+    pub fn followed(&self) -> Vec<(Arc<str>, Option<u64>)> {
+        self.lock()
+            .iter()
+            .map(|(room, r)| (room.clone(), r.last_seq))
+            .collect()
+    }
+
     /// How many local connections follow `room`.
     pub fn subscribers(&self, room: &str) -> usize {
         self.lock().get(room).map_or(0, |r| r.subs.len())

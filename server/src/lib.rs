@@ -46,13 +46,15 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use store::Store;
 
+use crate::bus::redis::RedisBus;
 use crate::bus::{memory::MemoryBus, Bus};
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::presence::memory::MemoryPresence;
+use crate::presence::{redis::RedisPresence, Presence};
 use crate::service::Service;
 use crate::shutdown::Shutdown;
-use crate::store::{sqlite::SqliteStore, Retention};
+use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Retention};
 
 /// Everything a request handler needs, shared by all connections.
 pub struct Shared {
@@ -81,44 +83,91 @@ pub struct Server {
     shared: AppState,
 }
 
-fn not_yet(what: &str) -> Error {
-    Error::Config(format!("{what} is not supported yet"))
+/// The store, bus and presence the configuration asks for: SQLite or PostgreSQL by the
+/// database URL; Redis bus and presence with `--redis`, in-process ones without.
+async fn open_backends(
+    config: &Config,
+) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, Arc<dyn Presence>)> {
+    let db = config.database.as_str();
+    let retention = Retention {
+        events: config.retention_events.max(1),
+        secs: config.retention_secs,
+        idempotency_secs: config.idempotency_ttl_secs,
+    };
+    let store: Arc<dyn Store> = if db.starts_with("postgres://") || db.starts_with("postgresql://")
+    {
+        Arc::new(PostgresStore::open(db, retention).await?)
+    } else if db.starts_with("sqlite:") {
+        Arc::new(SqliteStore::open(db, retention).await?)
+    } else {
+        return Err(Error::Config(format!(
+            "unknown database URL `{db}`: use sqlite://path, sqlite::memory: or postgres://…"
+        )));
+    };
+    let grace = Duration::from_millis(config.presence_grace_ms);
+    let ttl = config.idle_timeout() + grace;
+    let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match config.redis.as_deref() {
+        Some(url) => (
+            Arc::new(RedisBus::connect(url, &config.redis_prefix, config.bus_drop_every).await?),
+            Arc::new(RedisPresence::connect(url, &config.redis_prefix, grace, ttl).await?),
+        ),
+        None => (
+            Arc::new(MemoryBus::new()),
+            Arc::new(MemoryPresence::new(grace, ttl)),
+        ),
+    };
+    Ok((store, bus, presence))
+}
+
+/// With a lossy bus, a room whose *last* event was lost has no later event to reveal the gap:
+/// every second, compare each locally followed room's head in the store with what the hub
+/// delivered, and deliver the head (the hub fills the gap before it from the store).
+fn spawn_head_check(hub: std::sync::Weak<Hub>, store: Arc<dyn Store>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(hub) = hub.upgrade() else { return };
+            for (room, last) in hub.followed() {
+                let head = match store.head(&room).await {
+                    Ok(h) => h,
+                    Err(err) => {
+                        tracing::warn!(%room, %err, "head check");
+                        continue;
+                    }
+                };
+                if head == 0 || last.is_some_and(|l| l >= head) {
+                    continue;
+                }
+                match store.read(&room, head - 1, 1).await {
+                    Ok(events) => {
+                        for ev in events {
+                            hub.deliver(bus::BusMessage::durable(&room, ev.seq, ev.json.into()))
+                                .await;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%room, %err, "head check"),
+                }
+            }
+        }
+    });
 }
 
 impl Server {
     /// Opens the store (creating and migrating it), starts the hub, the presence reaper and
     /// retention. Must run inside a Tokio runtime.
     pub async fn new(config: Config) -> Result<Server> {
-        if config.redis.is_some() {
-            return Err(not_yet("--redis (a Redis bus and presence)"));
-        }
         let auth = match config.jwt_secret.as_deref() {
             Some("") => return Err(Error::Config("--jwt-secret must not be empty".into())),
             Some(secret) => Some(Arc::new(auth::Auth::new(secret))),
             None => None,
         };
-        let db = config.database.as_str();
-        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-            return Err(not_yet("a PostgreSQL database"));
-        }
-        if !db.starts_with("sqlite:") {
-            return Err(Error::Config(format!(
-                "unknown database URL `{db}`: use sqlite://path or sqlite::memory:"
-            )));
-        }
-        let retention = Retention {
-            events: config.retention_events.max(1),
-            secs: config.retention_secs,
-            idempotency_secs: config.idempotency_ttl_secs,
-        };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(db, retention).await?);
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-        let presence = Arc::new(MemoryPresence::new(
-            Duration::from_millis(config.presence_grace_ms),
-            config.idle_timeout() + Duration::from_millis(config.presence_grace_ms),
-        ));
+        let (store, bus, presence) = open_backends(&config).await?;
         let hub = Hub::new(store.clone());
         tokio::spawn(hub.clone().run(bus.subscribe()));
+        if config.redis.is_some() {
+            spawn_head_check(Arc::downgrade(&hub), store.clone());
+        }
         let shared = Arc::new(Shared {
             limits: Limits::new(
                 config.max_connections_per_client,

@@ -1,4 +1,4 @@
-//! The `tidewire` binary: the listening line, clear errors for backends not supported yet,
+//! The `tidewire` binary: the listening line, clear errors for unreachable or unknown backends,
 //! and SIGTERM → reconnect → bounded exit.
 
 use std::io::{BufRead, BufReader};
@@ -16,20 +16,21 @@ fn tidewire() -> Command {
 }
 
 #[test]
-fn postgres_is_refused_clearly() {
-    let out = tidewire()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            "postgres://localhost/x",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not supported yet"), "{err}");
+fn an_unreachable_postgres_or_unknown_database_is_a_clear_error() {
+    for (url, expect) in [
+        ("postgres://root@127.0.0.1:1/x", "store unavailable"),
+        ("mysql://localhost/x", "unknown database URL"),
+    ] {
+        let started = Instant::now();
+        let out = tidewire()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", url])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{url}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
 }
 
 #[tokio::test]

@@ -95,13 +95,11 @@ impl RedisBus {
     pub async fn connect(url: &str, prefix: &str, drop_every: u64) -> Result<RedisBus> {
         let client = redis::Client::open(url)
             .map_err(|e| Error::Config(format!("bad Redis URL `{url}`: {e}")))?;
-        let publisher = tokio::time::timeout(
-            Duration::from_secs(10),
-            client.get_connection_manager(),
-        )
-        .await
-        .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
-        .map_err(redis_error)?;
+        let publisher =
+            tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
+                .await
+                .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
+                .map_err(redis_error)?;
         Ok(RedisBus {
             client,
             publisher,
@@ -222,6 +220,10 @@ mod tests {
                 .unwrap();
             got.push(m.seq);
         }
-        assert_eq!(got, [Some(1), Some(3), None], "every second durable one dropped");
+        assert_eq!(
+            got,
+            [Some(1), Some(3), None],
+            "every second durable one dropped"
+        );
     }
 }

@@ -157,7 +157,8 @@ impl RedisPresence {
 }
 
 fn parse(json: &str) -> Result<Member> {
-    serde_json::from_str(json).map_err(|e| Error::Internal(format!("stored member is not JSON: {e}")))
+    serde_json::from_str(json)
+        .map_err(|e| Error::Internal(format!("stored member is not JSON: {e}")))
 }
 
 #[async_trait]
@@ -171,7 +172,11 @@ impl Presence for RedisPresence {
                 .entry(key.clone())
                 .or_default()
                 .insert(conn.to_owned());
-            local.by_conn.entry(conn.to_owned()).or_default().insert(key);
+            local
+                .by_conn
+                .entry(conn.to_owned())
+                .or_default()
+                .insert(key);
         }
         let json = serde_json::to_string(&member)
             .map_err(|e| Error::Internal(format!("member is not JSON: {e}")))?;
@@ -375,7 +380,10 @@ mod tests {
         }
     }
 
-    async fn two_nodes(grace_ms: u64, ttl_ms: u64) -> Option<(String, RedisPresence, RedisPresence)> {
+    async fn two_nodes(
+        grace_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<(String, RedisPresence, RedisPresence)> {
         if !testing::ensure().await {
             return None;
         }
@@ -399,7 +407,10 @@ mod tests {
             return;
         };
         assert!(a.join("r", "c1", member("ada", json!({}))).await.unwrap());
-        assert!(b.join("r", "c2", member("bob", json!({"n": 1}))).await.unwrap());
+        assert!(b
+            .join("r", "c2", member("bob", json!({"n": 1})))
+            .await
+            .unwrap());
         let ids: Vec<String> = b
             .members("r")
             .await
@@ -439,7 +450,13 @@ mod tests {
         let gone = b.reap().await.unwrap();
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].1.client_id, "ada");
-        let ids: Vec<String> = b.members("r").await.unwrap().into_iter().map(|m| m.client_id).collect();
+        let ids: Vec<String> = b
+            .members("r")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.client_id)
+            .collect();
         assert_eq!(ids, ["bob"]);
         testing::clean(&prefix).await;
     }

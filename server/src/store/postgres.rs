@@ -524,7 +524,10 @@ pub mod testing {
     /// A fresh database; answers its URL. Drop it with [`drop_database`].
     pub async fn create_database() -> (String, String) {
         let admin = admin_url();
-        let name = format!("tidewire_test_{}", ulid::Ulid::generate().to_string().to_lowercase());
+        let name = format!(
+            "tidewire_test_{}",
+            ulid::Ulid::generate().to_string().to_lowercase()
+        );
         let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
@@ -536,7 +539,9 @@ pub mod testing {
 
     /// Drops a database made by [`create_database`].
     pub async fn drop_database(name: &str) {
-        let mut conn = sqlx::PgConnection::connect(&admin_url()).await.expect("connect");
+        let mut conn = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("connect");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
         )))
@@ -559,11 +564,15 @@ mod tests {
             return;
         }
         let (name, url) = testing::create_database().await;
-        let store = PostgresStore::open(&url, test_suite::RETENTION).await.unwrap();
+        let store = PostgresStore::open(&url, test_suite::RETENTION)
+            .await
+            .unwrap();
         test_suite::run(&store).await;
         store.pool.close().await;
         // Two "nodes" on one database: the concurrency test against each, interleaved.
-        let a = PostgresStore::open(&url, Retention::default()).await.unwrap();
+        let a = PostgresStore::open(&url, Retention::default())
+            .await
+            .unwrap();
         test_suite::run_concurrent(Arc::new(a)).await;
         testing::drop_database(&name).await;
     }
