@@ -660,7 +660,8 @@ impl Shared {
         .encode()
     }
 
-    fn start(&self, kind: TransportKind, gen: u64) -> Result<Active, Error> {
+    /// `cred`: with auth on, the SSE ticket or the WebSocket token.
+    fn start(&self, kind: TransportKind, gen: u64, cred: Option<String>) -> Result<Active, Error> {
         let rooms = self.room_list();
         let names: Vec<String> = rooms.iter().map(|r| r.name.clone()).collect();
         let sink = self.sink(gen);
@@ -674,13 +675,20 @@ impl Shared {
                     enc(&self.cursor().to_string()),
                     enc(&self.client_id)
                 );
+                let url = match &cred {
+                    Some(ticket) => format!("{url}&ticket={}", enc(ticket)),
+                    None => url,
+                };
                 Active::Sse(SseTransport::open(&url, sink)?)
             }
-            TransportKind::Ws => Active::Ws(WsTransport::open(
-                &self.ws_url(),
-                self.ws_first_frames(&rooms),
-                sink,
-            )?),
+            TransportKind::Ws => {
+                let mut first = self.ws_first_frames(&rooms);
+                if let Some(token) = cred {
+                    // The auth frame goes first: nothing else is accepted before it.
+                    first.insert(0, auth_frame(token));
+                }
+                Active::Ws(WsTransport::open(&self.ws_url(), first, sink)?)
+            }
             TransportKind::LongPoll => Active::Poll(PollLoop::long_poll(
                 self.url.clone(),
                 names.join(","),
@@ -697,6 +705,14 @@ impl Shared {
             )),
         })
     }
+}
+
+fn auth_frame(token: String) -> String {
+    ClientFrame::Auth {
+        r#ref: Some("auth".to_owned()),
+        token,
+    }
+    .encode()
 }
 
 fn presence_frame(room: &str, meta: Value) -> String {
@@ -875,7 +891,20 @@ async fn connect(
         c.gen += 1;
         c.gen
     };
-    let active = match shared.start(kind, gen) {
+    // With auth on: a ticket for SSE, a token for the WebSocket's first frame.
+    let source = crate::auth::for_url(&shared.url);
+    let cred = match (&source, kind) {
+        (Some(_), TransportKind::Sse) => http::ticket(&shared.url).await.map(Some),
+        (Some(src), TransportKind::Ws) => src.token().await.map(Some),
+        _ => Ok(None),
+    };
+    let Ok(cred) = cred else {
+        return End::Lost {
+            opened_for: None,
+            stalled: false,
+        };
+    };
+    let active = match shared.start(kind, gen, cred) {
         Ok(a) => a,
         Err(_) => {
             return End::Lost {
@@ -896,6 +925,17 @@ async fn connect(
         } else if degraded {
             consider(opened_at.unwrap_or(now) + shared.climb_ms);
         }
+        // Refresh the token before it expires: a new auth frame on the WebSocket, a new
+        // ticket (a reconnect from the same cursor) for SSE.
+        let refresh_at = match (&source, kind, opened_at) {
+            (Some(src), TransportKind::Sse | TransportKind::Ws, Some(_)) => {
+                src.refresh_at().map(|t| t.max(0.0) as u64)
+            }
+            _ => None,
+        };
+        if let Some(t) = refresh_at {
+            consider(t);
+        }
         for r in shared.room_list() {
             if let Some(d) = r.inner.borrow().state.gap_deadline() {
                 consider(d);
@@ -906,6 +946,24 @@ async fn connect(
         let now = now_ms();
         match msg {
             None => {
+                if let (Some(src), Some(t)) = (&source, refresh_at) {
+                    if now >= t {
+                        if kind == TransportKind::Sse {
+                            break End::Again;
+                        }
+                        match src.fetch().await {
+                            Ok(token) => {
+                                shared.send_ws(&auth_frame(token));
+                            }
+                            Err(_) => {
+                                break End::Lost {
+                                    opened_for: opened_at.map(|t| now - t),
+                                    stalled: false,
+                                }
+                            }
+                        }
+                    }
+                }
                 for r in shared.room_list() {
                     let expired = r.inner.borrow().state.gap_expired(now);
                     if expired {

@@ -83,6 +83,11 @@ pub(crate) async fn request(
         h.set(name, value)
             .map_err(|e| Error::Network(js_error_text(&e)))?;
     }
+    if let Some(source) = crate::auth::for_url(url) {
+        let token = source.token().await?;
+        h.set("Authorization", &format!("Bearer {token}"))
+            .map_err(|e| Error::Network(js_error_text(&e)))?;
+    }
     init.set_headers(&h);
     if let Some(body) = body {
         init.set_body(&JsValue::from_str(body));
@@ -243,6 +248,18 @@ pub async fn publish(
     )
     .await?;
     envelope_from_js(js)
+}
+
+/// `POST /v1/tickets`: a single-use ticket for `?ticket=` (auth on; the Bearer token comes
+/// from the `getToken` of `base`).
+pub(crate) async fn ticket(base: &str) -> Result<String, Error> {
+    #[derive(serde::Deserialize)]
+    struct Ticket {
+        ticket: String,
+    }
+    let url = format!("{base}/v1/tickets");
+    let t: Ticket = from_js(request("POST", &url, None, &[], None).await?)?;
+    Ok(t.ticket)
 }
 
 /// `GET /v1/poll`: waits up to `wait` seconds for events after `since`.

@@ -51,6 +51,8 @@ export interface ClientOptions {
   clientId?: string;
   /** Random source in [0, 1) for jitter (default Math.random). */
   random?: () => number;
+  /** With auth on: answers a JWT (or a promise of one). Called again before the token expires. */
+  getToken?: () => string | Promise<string>;
 }
 
 export type StateName = 'connecting' | 'open' | 'reconnecting' | 'degraded' | 'offline' | 'closed';
@@ -235,7 +237,7 @@ impl JsClient {
                 reason: format!("{e}; expected {{ url: string, … }}"),
             })
         })?;
-        let mut o = client::Options::new(parsed.url);
+        let mut o = client::Options::new(parsed.url.clone());
         o.transport = match parsed.transport.as_deref() {
             None | Some("auto") => None,
             Some(name) => Some(TransportKind::parse(name).ok_or_else(|| {
@@ -278,6 +280,20 @@ impl JsClient {
                     .and_then(|v| v.as_f64())
                     .unwrap_or(0.0)
             }));
+        }
+        match Reflect::get(&raw, &"getToken".into()) {
+            Ok(f) if f.is_function() => {
+                if let Ok(f) = f.dyn_into::<Function>() {
+                    crate::auth::register(&parsed.url, f);
+                }
+            }
+            Ok(f) if !f.is_undefined() && !f.is_null() => {
+                return Err(to_js_error(&Error::BadOption {
+                    name: "getToken",
+                    reason: "must be a function answering a token (or a promise of one)".into(),
+                }));
+            }
+            _ => {}
         }
         client::Client::new(o)
             .map(|c| JsClient(c.without_close_on_drop()))

@@ -25,6 +25,8 @@
 //! room.put("slot-3", serde_json::json!({"free": false})).await?;
 //! ```
 
+#[cfg(target_arch = "wasm32")]
+pub mod auth;
 pub mod backoff;
 #[cfg(target_arch = "wasm32")]
 mod client;
