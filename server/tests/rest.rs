@@ -462,10 +462,6 @@ async fn unsupported_backends_fail_clearly() {
             Box::new(|c: &mut Config| c.redis = Some("redis://localhost".into())),
             "Redis",
         ),
-        (
-            Box::new(|c: &mut Config| c.jwt_secret = Some("s".into())),
-            "JWT",
-        ),
     ] {
         let mut config = Config {
             database: "sqlite::memory:".into(),
