@@ -13,7 +13,10 @@
 //!   `POST /stop`, `POST /start`, `POST /sse-stall?on=1|0`, `GET /health`.
 //! - A reverse proxy listens on `--proxy-port` in front of the server. While SSE stalling is
 //!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would.
-//! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`,
+//! - A second server with auth on (`--jwt-secret`, a free port) for the auth browser tests;
+//!   `POST /token?sub=&read=a,b&write=a,b&ttl=3` on the control API mints an HS256 token for
+//!   it (`read`/`write` are comma-separated room patterns, `ttl` in seconds).
+//! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`, `TIDEWIRE_AUTH_URL`,
 //!   `TIDEWIRE_CTL_URL` and `TIDEWIRE_PROXY_URL` set (and `WASM_BINDGEN_TEST_TIMEOUT=180` unless
 //!   set), stops everything when it ends, and exits with its exit code. Without one it runs
 //!   until SIGINT or SIGTERM, and stops the server either way.
@@ -184,6 +187,51 @@ impl Server {
     }
 }
 
+/// The secret of the auth server (a test secret, never used elsewhere).
+const AUTH_SECRET: &str = "tidewire-harness-test-secret";
+
+#[derive(serde::Deserialize, Default)]
+struct TokenQuery {
+    sub: Option<String>,
+    read: Option<String>,
+    write: Option<String>,
+    ttl: Option<i64>,
+}
+
+/// `POST /token`: an HS256 token for the auth server.
+async fn token(Query(q): Query<TokenQuery>) -> Response {
+    let list = |v: &Option<String>| -> Vec<String> {
+        v.as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let claims = serde_json::json!({
+        "sub": q.sub.as_deref().unwrap_or("browser"),
+        "exp": now + q.ttl.unwrap_or(60),
+        "read": list(&q.read),
+        "write": list(&q.write),
+    });
+    match jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
+    ) {
+        Ok(t) => t.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
 struct Ctl {
     server: Mutex<Server>,
     stall_sse: AtomicBool,
@@ -314,6 +362,16 @@ async fn main() -> Result<()> {
         child: None,
     };
     server.start().await?;
+    let auth_port = free_port()?;
+    let mut auth_server = Server {
+        bin: server_binary()?,
+        port: auth_port,
+        db: format!("sqlite://{}/auth.db", dir.path().display()),
+        extra: vec!["--jwt-secret".into(), AUTH_SECRET.into()],
+        child: None,
+    };
+    auth_server.start().await?;
+    let auth_url = format!("http://127.0.0.1:{auth_port}");
     let upstream = format!("http://127.0.0.1:{}", args.port);
     let ctl: Shared = Arc::new(Ctl {
         server: Mutex::new(server),
@@ -331,6 +389,7 @@ async fn main() -> Result<()> {
         .route("/stop", post(stop))
         .route("/start", post(start))
         .route("/sse-stall", post(sse_stall))
+        .route("/token", post(token))
         .layer(cors)
         .with_state(ctl.clone());
     serve(SocketAddr::from(([127, 0, 0, 1], args.ctl_port)), control).await?;
@@ -351,6 +410,7 @@ async fn main() -> Result<()> {
         let mut cmd = Command::new(&args.command[0]);
         cmd.args(&args.command[1..])
             .env("TIDEWIRE_TEST_URL", &upstream)
+            .env("TIDEWIRE_AUTH_URL", &auth_url)
             .env("TIDEWIRE_CTL_URL", &ctl_url)
             .env("TIDEWIRE_PROXY_URL", &proxy_url)
             .kill_on_drop(true);
@@ -367,6 +427,7 @@ async fn main() -> Result<()> {
         }
     };
     ctl.server.lock().await.stop(false).await;
+    auth_server.stop(false).await;
     drop(dir);
     std::process::exit(code);
 }
