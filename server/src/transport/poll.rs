@@ -61,7 +61,12 @@ pub async fn handler(
         }
     }
     if payloads.is_empty() && wait > 0 {
-        let deadline = tokio::time::sleep(Duration::from_secs(wait));
+        // Never wait past the token's expiry: a later answer would carry events it may not see.
+        let mut wait = Duration::from_secs(wait);
+        if let Some(grant) = &session.identity.grant {
+            wait = wait.min(grant.remaining());
+        }
+        let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         let draining = state.shutdown.draining();
         tokio::pin!(draining);
