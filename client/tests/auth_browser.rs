@@ -105,7 +105,11 @@ async fn stays_live_across_expiry(kind: TransportKind) {
         (1..=N).collect::<Vec<_>>(),
         "{kind:?}: every event once, in order"
     );
-    assert!(calls.get() >= 3, "getToken was called again before expiry ({})", calls.get());
+    assert!(
+        calls.get() >= 3,
+        "getToken was called again before expiry ({})",
+        calls.get()
+    );
     assert_eq!(client.state(), ConnState::Open);
     client.close();
 }
