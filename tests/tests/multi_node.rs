@@ -184,12 +184,16 @@ impl Drop for PrivateRedis {
 async fn write_n(rest: &Rest, room: &str, n: usize, pause: Duration) -> Vec<u64> {
     let mut seqs = Vec::new();
     for i in 0..n {
+        let started = Instant::now();
         let env = rest
             .publish(room, "n", &json!({ "i": i }), &WriteOptions::default())
             .await
             .expect("write")
             .ok();
         seqs.push(env.seq.expect("durable"));
+        if started.elapsed() > Duration::from_millis(500) {
+            println!("write {i} to {room} took {:?}", started.elapsed());
+        }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
@@ -378,7 +382,7 @@ async fn a_redis_restart_during_traffic_loses_no_client_event() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     redis.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    tokio::task::spawn_blocking(move || {
+    let _redis = tokio::task::spawn_blocking(move || {
         redis.spawn();
         redis
     })

@@ -37,6 +37,27 @@ pub(crate) fn redis_error(e: redis::RedisError) -> Error {
     Error::Internal(format!("redis: {e}"))
 }
 
+/// A client and its auto-reconnecting connection manager, tuned to fail fast while Redis is
+/// away (a write must not wait on a lossy bus) and to come back quickly.
+pub(crate) async fn connect_manager(url: &str) -> Result<(redis::Client, ConnectionManager)> {
+    let client = redis::Client::open(url)
+        .map_err(|e| Error::Config(format!("bad Redis URL `{url}`: {e}")))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(1)))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let manager = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
+    .map_err(redis_error)?;
+    Ok((client, manager))
+}
+
 /// The wire form of a [`BusMessage`] on the Redis channel.
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -93,13 +114,7 @@ impl RedisBus {
     /// Connects to `url`; channels are named with `prefix`. `drop_every > 0` is for tests: every
     /// `drop_every`-th durable message is not published, as a lossy network would.
     pub async fn connect(url: &str, prefix: &str, drop_every: u64) -> Result<RedisBus> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("bad Redis URL `{url}`: {e}")))?;
-        let publisher =
-            tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
-                .await
-                .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
-                .map_err(redis_error)?;
+        let (client, publisher) = connect_manager(url).await?;
         Ok(RedisBus {
             client,
             publisher,
@@ -147,7 +162,7 @@ impl Bus for RedisBus {
         }
         let mut conn = self.publisher.clone();
         let sent = tokio::time::timeout(
-            Duration::from_secs(2),
+            Duration::from_secs(1),
             conn.publish::<_, _, i64>(&self.channel, encode(&msg)),
         )
         .await;

@@ -30,7 +30,7 @@ use redis::AsyncCommands;
 use tidewire_protocol::Member;
 
 use super::Presence;
-use crate::bus::redis::redis_error;
+use crate::bus::redis::{connect_manager, redis_error};
 use crate::{Error, Result};
 
 const JOIN: &str = r"
@@ -100,12 +100,7 @@ impl RedisPresence {
         grace: Duration,
         ttl: Duration,
     ) -> Result<RedisPresence> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("bad Redis URL `{url}`: {e}")))?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
-            .await
-            .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
-            .map_err(redis_error)?;
+        let (_, conn) = connect_manager(url).await?;
         Ok(RedisPresence {
             conn,
             prefix: prefix.to_owned(),
