@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tidewire_protocol::{Cursor, Envelope};
-use tidewire_tests::{Delivery, Rest, Server, SseClient, SseRequest, WriteOptions, WsClient};
+use tidewire_tests::{
+    metric_sum, Delivery, Rest, Server, SseClient, SseRequest, WriteOptions, WsClient,
+};
 
 const T: Duration = Duration::from_secs(10);
 const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/postgres";
@@ -357,6 +359,10 @@ async fn dropped_bus_messages_lose_no_client_event() {
     d_sse.assert_exact("SSE on B, a third of the bus dropped");
     ws_collect(&mut ws, &mut d_ws, N).await;
     d_ws.assert_exact("WS on B, a third of the bus dropped");
+    // The drops really happened, and B filled them from the store.
+    let metrics = b.rest().metrics().await.expect("metrics");
+    let filled = metric_sum(&metrics, "tidewire_bus_gaps_filled_total").unwrap_or(0.0);
+    assert!(filled >= 1.0, "B filled no gap:\n{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +402,16 @@ async fn a_redis_restart_during_traffic_loses_no_client_event() {
     d_sse.assert_exact("SSE on B across a Redis restart");
     ws_collect(&mut ws, &mut d_ws, N).await;
     d_ws.assert_exact("WS on B across a Redis restart");
+    // And the bus itself came back: node B subscribed again after the restart.
+    let deadline = Instant::now() + T;
+    while b.log().matches("subscribed to the Redis bus").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "B never resubscribed:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
