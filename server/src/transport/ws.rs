@@ -97,9 +97,7 @@ async fn first_frame_auth(
     state: AppState,
     client_id: Option<String>,
 ) -> Option<(WebSocket, Session)> {
-    let Some(auth) = state.auth.clone() else {
-        return None;
-    };
+    let auth = state.auth.clone()?;
     let text = match tokio::time::timeout(AUTH_FRAME_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(Some(Ok(_))) | Err(_) => {
