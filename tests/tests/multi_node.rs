@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tidewire_protocol::{Cursor, Envelope};
+use tidewire_protocol::{Cursor, Envelope, ErrorCode};
 use tidewire_tests::{
     metric_sum, Delivery, Rest, Server, SseClient, SseRequest, WriteOptions, WsClient,
 };
@@ -465,4 +465,51 @@ async fn presence_is_seen_across_nodes_and_a_killed_node_s_members_expire() {
     let list = b.rest().presence(room).await.expect("presence").ok();
     let text = serde_json::to_string(&list).expect("json");
     assert!(!text.contains("\"ada\""), "ada is gone: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_and_if_match_hold_across_nodes() {
+    let Some(dep) = Deployment::new(None) else {
+        return;
+    };
+    let (a, b) = (dep.node(&[]), dep.node(&[]));
+    let room = "i";
+    // One request with one key, retried against both nodes at once: one event.
+    let key = WriteOptions::key("k-1");
+    let (ra, rb) = (a.rest(), b.rest());
+    let v1 = json!({"v": 1});
+    let (x, y) = tokio::join!(ra.put(room, "x", &v1, &key), rb.put(room, "x", &v1, &key));
+    let (x, y) = (x.expect("put on A").ok(), y.expect("put on B").ok());
+    assert_eq!(x.id, y.id, "the same event answered twice");
+    assert_eq!(x.seq, Some(1));
+    // The same key with another body is refused on the other node.
+    let reused = rb
+        .put(room, "x", &json!({"v": 2}), &key)
+        .await
+        .expect("put on B");
+    assert_eq!(reused.problem().code, ErrorCode::IdempotencyKeyReused);
+    // If-Match: version 1 written via A; a stale If-Match on B conflicts.
+    let ok = rb
+        .put(
+            room,
+            "x",
+            &json!({"v": 3}),
+            &WriteOptions::default().if_match("1"),
+        )
+        .await
+        .expect("put on B")
+        .ok();
+    assert_eq!(ok.seq, Some(2));
+    let stale = ra
+        .put(
+            room,
+            "x",
+            &json!({"v": 4}),
+            &WriteOptions::default().if_match("1"),
+        )
+        .await
+        .expect("put on A");
+    assert_eq!(stale.problem().code, ErrorCode::VersionConflict);
+    let log = a.rest().history_all(room, 0).await.expect("history");
+    assert_eq!(log.len(), 2, "one keyed event, one conditional event");
 }
