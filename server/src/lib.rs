@@ -20,6 +20,10 @@
 //! publish) → [`bus`] → [`hub`] (fan-out to local connections) → [`transport`] (one bounded
 //! queue per connection, drained by SSE, WebSocket or long-poll). [`presence`] is ephemeral
 //! state; [`limits`], [`identity`] and [`shutdown`] are cross-cutting.
+//!
+//! Several nodes: `--database postgres://…` selects [`store::postgres`] and `--redis redis://…`
+//! the Redis [`bus`] and [`presence`] (see `docs/scaling.md`); without them a node runs on
+//! SQLite with the in-process bus.
 
 pub mod auth;
 pub mod bus;
