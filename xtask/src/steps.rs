@@ -138,7 +138,8 @@ pub const STEPS: &[Step] = &[
         Native,
         None,
         ".",
-        Cargo(&["test", "--workspace"]),
+        // --no-fail-fast: every test binary runs, so one run shows every failure.
+        Cargo(&["test", "--workspace", "--no-fail-fast"]),
     ),
     Step::new(
         "TypeScript declarations are current",
