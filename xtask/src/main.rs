@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use run::{human, run, run_foreground};
 use setup::{Setup, Tool};
-use steps::{Action, Group, Step, STEPS, WASM_PACK_BUILD};
+use steps::{Action, Group, Step, PACKAGE_SCRIPT, STEPS, WASM_PACK_BUILD};
 
 /// Where `cargo xtask demo` listens by default.
 const DEMO_LISTEN: &str = "127.0.0.1:8080";
@@ -189,6 +189,13 @@ fn demo(ctx: &Ctx, listen: &str) -> Result<(), Error> {
     )?;
     banner("build the npm package into client/pkg");
     run(&ctx.root, "wasm-pack", WASM_PACK_BUILD, &[])?;
+    if run::query("node", &["--version"]).is_some() {
+        run(&ctx.root, "node", PACKAGE_SCRIPT, &[])?;
+    } else {
+        println!(
+            "(no Node.js: the package keeps wasm-pack's name and is not optimized by wasm-opt)"
+        );
+    }
     banner("build the server (release)");
     run(
         &ctx.root,

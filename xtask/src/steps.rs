@@ -20,6 +20,10 @@ pub const WASM_PACK_BUILD: &[&str] = &[
     "pkg",
 ];
 
+/// Turns the `wasm-pack` output into the npm package `tidewire` (name, README, protocol
+/// types) and runs a wasm-opt that reads reference types when one is installed.
+pub const PACKAGE_SCRIPT: &[&str] = &["client/scripts/package.mjs", "client/pkg"];
+
 /// Replaced, in a program or an argument, by the Cargo target directory.
 pub const TARGET_DIR: &str = "{target-dir}";
 
@@ -169,6 +173,13 @@ pub const STEPS: &[Step] = &[
         Some("client/Cargo.toml"),
         ".",
         Exec("wasm-pack", WASM_PACK_BUILD),
+    ),
+    Step::new(
+        "npm package metadata, README and wasm-opt (client/scripts/package.mjs)",
+        Browser,
+        Some("client/scripts/package.mjs"),
+        ".",
+        Exec("node", PACKAGE_SCRIPT),
     ),
     Step::new(
         "binaries for the browser tests (tidewire, tidewire-harness)",
