@@ -10,14 +10,14 @@
 //! let token = auth.mint(&Claims::new("ada", 60, &["board-*"], &["board-1"])).unwrap();
 //! let grant = auth.verify(&token).unwrap();
 //! assert!(grant.can_read("board-7") && !grant.can_write("board-7"));
-//! let ticket = auth.issue_ticket(grant.clone());
+//! let ticket = auth.issue_ticket(grant.clone()).unwrap();
 //! assert_eq!(auth.redeem(&ticket).unwrap().subject, "ada");
 //! assert!(auth.redeem(&ticket).is_err(), "tickets are single-use");
 //! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey};
 use jsonwebtoken::{Header, Validation};
@@ -124,12 +124,32 @@ pub fn pattern_matches(pattern: &str, room: &str) -> bool {
     p[pi..].iter().all(|&b| b == b'*')
 }
 
-/// The verifier and the ticket store of one server.
+/// The key tickets are signed with: derived from the secret, distinct from it.
+fn ticket_key(secret: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(format!("tidewire-ticket\0{secret}").as_bytes()).to_vec()
+}
+
+/// The verifier and the ticket redeemer of one server.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    tickets: Mutex<HashMap<String, (Grant, Instant)>>,
+    ticket_encoding: EncodingKey,
+    ticket_decoding: DecodingKey,
+    /// Redeemed ticket ids until their expiry (seconds since the epoch).
+    used: Mutex<HashMap<String, u64>>,
+}
+
+/// The claims of a ticket: the token's grant, the ticket's own expiry and its id.
+#[derive(Debug, Serialize, Deserialize)]
+struct TicketClaims {
+    sub: String,
+    exp: u64,
+    read: Vec<String>,
+    write: Vec<String>,
+    until: u64,
+    jti: String,
 }
 
 impl std::fmt::Debug for Auth {
@@ -148,7 +168,9 @@ impl Auth {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
-            tickets: Mutex::new(HashMap::new()),
+            ticket_encoding: EncodingKey::from_secret(&ticket_key(secret)),
+            ticket_decoding: DecodingKey::from_secret(&ticket_key(secret)),
+            used: Mutex::new(HashMap::new()),
         }
     }
 
@@ -183,38 +205,65 @@ impl Auth {
         Ok(Arc::new(grant))
     }
 
-    /// A single-use ticket for `grant`, valid [`TICKET_TTL_SECS`].
-    pub fn issue_ticket(&self, grant: Arc<Grant>) -> String {
+    /// A single-use ticket for `grant`, valid [`TICKET_TTL_SECS`]. The ticket is itself signed
+    /// (with a key derived from the secret, so it never passes as a Bearer token), so any node
+    /// sharing the secret can redeem it; single use is enforced by the node that redeems it.
+    pub fn issue_ticket(&self, grant: Arc<Grant>) -> Result<String> {
         use rand::RngCore;
-        let mut bytes = [0u8; 24];
+        let mut bytes = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut bytes);
-        let ticket: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let now = Instant::now();
-        let mut map = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (_, until)| *until > now);
-        map.insert(
-            ticket.clone(),
-            ((*grant).clone(), now + Duration::from_secs(TICKET_TTL_SECS)),
-        );
-        ticket
+        let claims = TicketClaims {
+            sub: grant.subject.clone(),
+            exp: grant.exp,
+            read: grant.read.clone(),
+            write: grant.write.clone(),
+            until: now_secs() + TICKET_TTL_SECS,
+            jti: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.ticket_encoding,
+        )
+        .map_err(|e| Error::Internal(format!("signing a ticket: {e}")))
     }
 
-    /// Redeems a ticket once: `unauthorized` when unknown, used or older than its TTL,
+    /// Redeems a ticket once: `unauthorized` when forged, used or older than its TTL,
     /// `token_expired` when the token it was issued for has expired meanwhile.
     pub fn redeem(&self, ticket: &str) -> Result<Arc<Grant>> {
-        let mut map = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        match map.remove(ticket) {
-            Some((grant, until)) if until > Instant::now() => {
-                if grant.expired() {
-                    return Err(Error::TokenExpired);
-                }
-                Ok(Arc::new(grant))
-            }
-            _ => Err(Error::Unauthorized(
-                "the ticket is unknown, used or expired: get a new one from POST /v1/tickets"
+        let unknown = || {
+            Error::Unauthorized(
+                "the ticket is not valid, used or expired: get a new one from POST /v1/tickets"
                     .into(),
-            )),
+            )
+        };
+        let c = decode::<TicketClaims>(ticket, &self.ticket_decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => Error::TokenExpired,
+                _ => unknown(),
+            })?
+            .claims;
+        let now = now_secs();
+        if c.until <= now {
+            return Err(unknown());
         }
+        {
+            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+            used.retain(|_, until| *until > now);
+            if used.insert(c.jti, c.until).is_some() {
+                return Err(unknown());
+            }
+        }
+        let grant = Grant {
+            subject: c.sub,
+            exp: c.exp,
+            read: c.read,
+            write: c.write,
+        };
+        if grant.expired() {
+            return Err(Error::TokenExpired);
+        }
+        Ok(Arc::new(grant))
     }
 }
 
@@ -243,7 +292,7 @@ pub async fn tickets(
     })?;
     let grant = auth.verify(token)?;
     Ok(axum::Json(TicketResponse {
-        ticket: auth.issue_ticket(grant),
+        ticket: auth.issue_ticket(grant)?,
         expires_in: TICKET_TTL_SECS,
     }))
 }
@@ -277,5 +326,19 @@ mod tests {
         let old = auth.mint(&old).unwrap();
         assert!(matches!(auth.verify(&old), Err(Error::TokenExpired)));
         assert!(matches!(auth.verify("nope"), Err(Error::Unauthorized(_))));
+    }
+
+    #[test]
+    fn tickets_are_single_use_and_no_bearer_tokens() {
+        let a = Auth::new("s");
+        let b = Auth::new("s");
+        let token = a.mint(&Claims::new("a", 60, &["r"], &[])).unwrap();
+        let ticket = a.issue_ticket(a.verify(&token).unwrap()).unwrap();
+        assert!(a.verify(&ticket).is_err(), "a ticket is no Bearer token");
+        assert!(a.redeem(&token).is_err(), "a token is no ticket");
+        // Another node with the same secret redeems it; each node only once.
+        assert_eq!(b.redeem(&ticket).unwrap().subject, "a");
+        assert!(b.redeem(&ticket).is_err());
+        assert!(Auth::new("t").redeem(&ticket).is_err());
     }
 }
