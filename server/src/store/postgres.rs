@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tidewire_protocol::{Envelope, Event, Item, ItemDeleted, ItemState, Snapshot};
 
 use super::{now, Retention, StoredEvent, WriteOp, WriteRequest, Written};
@@ -93,6 +93,12 @@ impl PostgresStore {
         let opts: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::Config(format!("bad database URL `{url}`: {e}")))?;
+        // One direct connection first: an unreachable server fails now, not after the pool's
+        // acquire timeout.
+        let first = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(&opts))
+            .await
+            .map_err(|_| Error::Config(format!("PostgreSQL at `{url}` did not answer")))??;
+        first.close().await?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
