@@ -30,6 +30,13 @@
 //! CARGO_TARGET_DIR=target-e2e cargo test -p tidewire-tests
 //! ```
 //!
+//! The multi-node tests (`tests/multi_node.rs`) start several servers on one PostgreSQL and
+//! one Redis (their own database and key prefix each, removed at the end):
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target-multi cargo test -p tidewire-tests --test multi_node
+//! ```
+//!
 //! Environment: `TIDEWIRE_BIN` (the binary under test; default: beside the test executable,
 //! rebuilt when `server/` or `shared/src` is newer), `TIDEWIRE_E2E_SEED` (replay the random
 //! choices of a run; every randomised test prints its seed), `TIDEWIRE_E2E_SLOW_BROADCASTS`
