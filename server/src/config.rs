@@ -182,6 +182,26 @@ mod tests {
     }
 
     #[test]
+    fn multi_node_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "tidewire",
+            "serve",
+            "--database",
+            "postgres://root@127.0.0.1/tidewire",
+            "--redis",
+            "redis://127.0.0.1:6379",
+            "--redis-prefix",
+            "app1:",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command;
+        assert_eq!(c.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.redis_prefix, "app1:");
+        assert_eq!(c.bus_drop_every, 0);
+        assert_eq!(Config::default().redis_prefix, "tidewire:");
+    }
+
+    #[test]
     fn flags_parse() {
         let cli = Cli::try_parse_from([
             "tidewire",
