@@ -159,7 +159,12 @@ async fn ws_read_write(ws: &mut WsClient) -> (String, String) {
 
 #[tokio::test]
 async fn every_transport_checks_every_kind_of_token() {
-    let server = server();
+    // Request spans are logged at debug level: they must not carry the ticket.
+    let server = Server::builder()
+        .flag("jwt-secret", SECRET)
+        .env("RUST_LOG", "debug")
+        .start()
+        .expect("server starts");
     let rest = server.rest();
     let cases: Vec<(&str, Option<String>)> = vec![
         ("none", None),
@@ -287,7 +292,12 @@ async fn every_transport_checks_every_kind_of_token() {
         sse_outcome(&server, "rooms=board-1&ticket=nope").await,
         unauth
     );
-    assert!(!server.log().contains("ticket="), "tickets are not logged");
+    let log = server.log();
+    assert!(
+        log.contains("/v1/sse"),
+        "request spans are logged at debug level"
+    );
+    assert!(!log.contains("ticket="), "tickets are not logged");
 }
 
 #[tokio::test]
