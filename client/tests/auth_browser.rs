@@ -73,6 +73,9 @@ async fn stays_live_across_expiry(kind: TransportKind) {
     o.backoff.cap_ms = 1_000;
     let client = Client::new(o).unwrap();
     let name = format!("auth-{}-{}", kind.as_str(), js_sys::Date::now() as u64);
+    let states = Rc::new(RefCell::new(Vec::new()));
+    let st = states.clone();
+    let _s = client.on_state(move |c| st.borrow_mut().push(c.state.clone()));
     let room = client.room(&name).unwrap();
     let seqs = Rc::new(RefCell::new(Vec::<u64>::new()));
     let s = seqs.clone();
@@ -111,6 +114,15 @@ async fn stays_live_across_expiry(kind: TransportKind) {
         calls.get()
     );
     assert_eq!(client.state(), ConnState::Open);
+    if kind == TransportKind::Ws {
+        // The refreshed token arrived as an auth frame: the socket never closed.
+        let reconnects = states
+            .borrow()
+            .iter()
+            .filter(|s| matches!(s, ConnState::Reconnecting { .. }))
+            .count();
+        assert_eq!(reconnects, 0, "states: {:?}", states.borrow());
+    }
     client.close();
 }
 
