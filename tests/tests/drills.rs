@@ -1,0 +1,60 @@
+//! Failure drills: break a real `tidewire` process on purpose and show, by counting, that no
+//! acknowledged event is lost and none is delivered twice.
+//!
+//! Every drill prints one line of counts:
+//! `[drill name] sent=… acknowledged=… delivered=… lost=… duplicated=…`.
+//!
+//! Sizes: small by default (the whole suite stays well under 90 s on 2 cores, so it runs in
+//! `cargo test --workspace`); `TIDEWIRE_DRILLS_FULL=1` selects the sizes of the issue.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target-drills cargo test -p tidewire-tests --test drills -- --nocapture
+//! TIDEWIRE_DRILLS_FULL=1 CARGO_TARGET_DIR=target-drills cargo test -p tidewire-tests --test drills -- --nocapture
+//! ```
+//!
+//! The drills (see `docs/reliability.md` for the latest counts):
+//! - `crash`: `kill -9` while 20 writers write; restart on the same SQLite file.
+//! - `disk_full`: the SQLite file on a tiny tmpfs that fills up; writes answer 503
+//!   `store_unavailable` and nothing is half-written; the server recovers when space returns.
+
+#[path = "drills/crash.rs"]
+mod crash;
+#[path = "drills/disk_full.rs"]
+mod disk_full;
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tidewire_tests::{Server, ServerBuilder};
+
+/// The usual wait for something that should happen promptly.
+pub const T: Duration = Duration::from_secs(10);
+
+/// Whether the full sizes were asked for (`TIDEWIRE_DRILLS_FULL=1`).
+pub fn full() -> bool {
+    std::env::var("TIDEWIRE_DRILLS_FULL").is_ok_and(|v| v == "1")
+}
+
+/// Starts a server or fails the drill with its stderr.
+#[track_caller]
+pub fn start(builder: ServerBuilder) -> Server {
+    match builder.start() {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A seeded RNG; prints the seed so a failing run can be replayed with `TIDEWIRE_E2E_SEED`.
+pub fn rng(label: &str) -> StdRng {
+    let seed = tidewire_tests::seed();
+    println!("[{label}] seed {seed} (replay with TIDEWIRE_E2E_SEED={seed})");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Prints a drill's count line.
+pub fn report(label: &str, sent: usize, acked: usize, delivered: usize, lost: usize, dup: usize) {
+    println!(
+        "[{label}] sent={sent} acknowledged={acked} delivered={delivered} lost={lost} duplicated={dup}"
+    );
+}
