@@ -45,6 +45,7 @@
 mod check;
 mod error;
 mod poll;
+pub mod proxy;
 mod rest;
 mod server;
 mod sse;

@@ -16,11 +16,15 @@
 //! - `crash`: `kill -9` while 20 writers write; restart on the same SQLite file.
 //! - `disk_full`: the SQLite file on a tiny tmpfs that fills up; writes answer 503
 //!   `store_unavailable` and nothing is half-written; the server recovers when space returns.
+//! - `net_cut`: a half-open network (a proxy that goes silent); the server reaps the
+//!   connection, the client notices, reconnects and resumes.
 
 #[path = "drills/crash.rs"]
 mod crash;
 #[path = "drills/disk_full.rs"]
 mod disk_full;
+#[path = "drills/net_cut.rs"]
+mod net_cut;
 
 use std::time::Duration;
 
