@@ -18,6 +18,8 @@
 //!   `store_unavailable` and nothing is half-written; the server recovers when space returns.
 //! - `net_cut`: a half-open network (a proxy that goes silent); the server reaps the
 //!   connection, the client notices, reconnects and resumes.
+//! - `restart_storm`: many SSE clients across a graceful restart; reconnects spread over the
+//!   drain window, all resume, nothing lost.
 
 #[path = "drills/crash.rs"]
 mod crash;
@@ -25,6 +27,8 @@ mod crash;
 mod disk_full;
 #[path = "drills/net_cut.rs"]
 mod net_cut;
+#[path = "drills/restart_storm.rs"]
+mod restart_storm;
 
 use std::time::Duration;
 
