@@ -1,0 +1,237 @@
+//! The load generator's subscribers: raw SSE over a TCP stream, and WebSocket (Tidewire
+//! `subscribe` frame, the bare WebSocket, or Socket.IO's Engine.IO v4 handshake).
+//!
+//! ```text
+//! let shared = Arc::new(Shared::default());
+//! tokio::spawn(run(Kind::TidewireSse, addr, shared.clone()));
+//! // shared.ready counts subscribed clients; shared.deliveries counts events seen.
+//! ```
+//!
+//! Every event carries `"t":<µs since the Unix epoch>` from the publisher; a client counts each
+//! occurrence and, while `recording` is set, keeps `now − t` as a latency sample.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use tidewire_protocol::ClientFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::BenchError;
+
+/// Which server and transport a subscriber speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Tidewire `GET /v1/sse?rooms=bench`.
+    TidewireSse,
+    /// Tidewire `GET /v1/ws` and a `subscribe` frame.
+    TidewireWs,
+    /// The bare axum server's `GET /sse`.
+    BaselineSse,
+    /// The bare axum server's `GET /ws`.
+    BaselineWs,
+    /// Socket.IO 4 over its WebSocket transport.
+    SocketIo,
+}
+
+/// Counters shared by every subscriber of one measurement.
+#[derive(Default)]
+pub struct Shared {
+    /// Subscribers that are connected and subscribed.
+    pub ready: AtomicUsize,
+    /// Subscribers that failed or were closed by the server.
+    pub failed: AtomicUsize,
+    /// Events received, over all subscribers.
+    pub deliveries: AtomicU64,
+    /// Keep latency samples while set.
+    pub recording: AtomicBool,
+    /// Latency samples in microseconds.
+    pub latencies: Mutex<Vec<u64>>,
+    /// The first failure, for the report.
+    pub first_error: Mutex<Option<String>>,
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Counts the events in `bytes` (each holds one `"t":` field) and records latencies.
+fn scan(shared: &Shared, bytes: &[u8]) {
+    const MARK: &[u8] = b"\"t\":";
+    let recording = shared.recording.load(Ordering::Relaxed);
+    let now = if recording { now_micros() } else { 0 };
+    let mut count = 0u64;
+    let mut samples = Vec::new();
+    let mut i = 0;
+    while i + MARK.len() <= bytes.len() {
+        if &bytes[i..i + MARK.len()] == MARK {
+            count += 1;
+            i += MARK.len();
+            let mut t = 0u64;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                t = t * 10 + u64::from(bytes[i] - b'0');
+                i += 1;
+            }
+            if recording {
+                samples.push(now.saturating_sub(t));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    if count > 0 {
+        shared.deliveries.fetch_add(count, Ordering::Relaxed);
+    }
+    if !samples.is_empty() {
+        if let Ok(mut l) = shared.latencies.lock() {
+            l.extend(samples);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs one subscriber until its connection ends; marks it failed on error.
+pub async fn run(kind: Kind, addr: SocketAddr, shared: std::sync::Arc<Shared>) {
+    let r = match kind {
+        Kind::TidewireSse => sse(addr, "/v1/sse?rooms=bench", b"\nid:", &shared).await,
+        Kind::BaselineSse => sse(addr, "/sse", b"\r\n\r\n", &shared).await,
+        Kind::TidewireWs | Kind::BaselineWs | Kind::SocketIo => ws(kind, addr, &shared).await,
+    };
+    if let Err(e) = r {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = shared.first_error.lock() {
+            f.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+async fn sse(
+    addr: SocketAddr,
+    path: &str,
+    ready_mark: &[u8],
+    shared: &Shared,
+) -> Result<(), BenchError> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut ready = false;
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(BenchError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if !ready {
+            // Until subscribed, the buffer keeps everything from the status line on.
+            if !buf.starts_with(b"HTTP/1.1 200") && buf.len() >= 12 {
+                return Err(BenchError::Status(
+                    String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned(),
+                ));
+            }
+            if !contains(&buf, ready_mark) {
+                continue;
+            }
+            ready = true;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(pos) = buf.iter().rposition(|&b| b == b'\n') {
+            scan(shared, &buf[..=pos]);
+            buf.drain(..=pos);
+        }
+    }
+}
+
+async fn ws(kind: Kind, addr: SocketAddr, shared: &Shared) -> Result<(), BenchError> {
+    let url = match kind {
+        Kind::TidewireWs => format!("ws://{addr}/v1/ws"),
+        Kind::BaselineWs => format!("ws://{addr}/ws"),
+        _ => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let mut ready = false;
+    match kind {
+        Kind::TidewireWs => {
+            let sub = ClientFrame::Subscribe {
+                r#ref: Some("1".into()),
+                rooms: vec!["bench".into()],
+                since: None,
+                presence: false,
+            };
+            ws.send(Message::Text(sub.encode().into())).await?;
+        }
+        Kind::BaselineWs => {
+            ready = true;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    while let Some(msg) = ws.next().await {
+        let text = match msg? {
+            Message::Text(t) => t,
+            Message::Close(_) => return Err(BenchError::Closed),
+            _ => continue,
+        };
+        let b = text.as_bytes();
+        if kind == Kind::SocketIo {
+            // Engine.IO: "0{..}" open, "2" ping; Socket.IO: "40" connected.
+            if b == b"2" {
+                ws.send(Message::Text("3".into())).await?;
+                continue;
+            }
+            if b.starts_with(b"0{") {
+                ws.send(Message::Text("40".into())).await?;
+                continue;
+            }
+            if !ready && b.starts_with(b"40") {
+                ready = true;
+                shared.ready.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        if kind == Kind::TidewireWs && !ready && contains(b, b"\"ack\"") {
+            if !contains(b, b"\"ok\":true") {
+                return Err(BenchError::Status(text.to_string()));
+            }
+            ready = true;
+            shared.ready.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        scan(shared, b);
+    }
+    Err(BenchError::Closed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_counts_events_and_records_latency_only_when_asked() {
+        let s = Shared::default();
+        scan(&s, br#"data: {"data":{"t":1,"pad":"x"}}"#);
+        assert_eq!(s.deliveries.load(Ordering::Relaxed), 1);
+        assert!(s.latencies.lock().unwrap().is_empty());
+        s.recording.store(true, Ordering::Relaxed);
+        let t = now_micros();
+        let two = format!("{{\"t\":{t}}}\n{{\"ts\":\"x\",\"t\":{t}}}");
+        scan(&s, two.as_bytes());
+        assert_eq!(s.deliveries.load(Ordering::Relaxed), 3);
+        let l = s.latencies.lock().unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(l.iter().all(|&us| us < 10_000_000));
+    }
+}
