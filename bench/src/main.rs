@@ -443,9 +443,14 @@ fn machine() -> String {
         .and_then(|s| s.lines().next().map(|l| l.to_string()))
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let gib = mem
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| k / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
     format!(
-        "{cpu}, {cores} cores, {}, Linux {}",
-        mem.replace("MemTotal:", "RAM").trim(),
+        "{cpu}, {cores} cores, {gib:.0} GiB RAM, Linux {}",
         kernel.trim()
     )
 }
