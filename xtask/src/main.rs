@@ -41,6 +41,8 @@ commands:
                          run every check and test; --quick skips the npm package and browser
                          tests; --from N starts at step N (see --list)
   test --list            print the numbered steps of `test`
+  bench [ARGS]           compare Tidewire with Socket.IO and a bare axum server (bench/);
+                         writes docs/benchmarks.md; --smoke for a quick check
   setup [--quick]        install what is missing, nothing else
 ";
 
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         ["test", flags @ ..] => test_flags(flags).and_then(|(quick, from)| test(&ctx, quick, from)),
+        ["bench", rest @ ..] => bench(&ctx, rest),
         ["setup"] => Setup::default().ensure(&ctx, &tools(false)),
         ["setup", "--quick"] => Setup::default().ensure(&ctx, &tools(true)),
         [] | ["help" | "--help" | "-h"] => {
@@ -144,6 +147,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask bench [ARGS]`: the side-by-side comparison with Socket.IO and a bare axum
+/// server (bench/, its own workspace), which writes docs/benchmarks.md. Extra arguments go to
+/// the benchmark (`--smoke`, `--subscribers 1000,10000`, `--runs N`, ...).
+fn bench(ctx: &Ctx, rest: &[&str]) -> Result<(), Error> {
+    Setup::default().ensure(ctx, &[Tool::Node])?;
+    let mut args = vec![
+        "run",
+        "--release",
+        "--manifest-path",
+        "bench/Cargo.toml",
+        "--",
+        "all",
+    ];
+    args.extend_from_slice(rest);
+    run(&ctx.root, &ctx.cargo, &args, &[]).map(drop)
 }
 
 /// `cargo install` puts programs in Cargo's bin directory; make sure children find them there.
