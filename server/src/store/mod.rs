@@ -19,6 +19,7 @@
 //! #   tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f) } }
 //! ```
 
+mod plan;
 pub mod postgres;
 pub mod sqlite;
 #[doc(hidden)]

@@ -19,8 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
-use tidewire_protocol::{Envelope, Event, Item, ItemDeleted, ItemState, Snapshot};
+use tidewire_protocol::{Envelope, ItemState, Snapshot};
 
+use super::plan::{self, ItemChange, StoredItem};
 use super::{now, Retention, StoredEvent, WriteOp, WriteRequest, Written};
 use crate::{Error, Result, Store};
 
@@ -74,17 +75,6 @@ fn to_u64(v: i64) -> u64 {
 
 fn to_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
-}
-
-fn conflict(expected: u64, current: Option<Item>) -> Error {
-    let detail = match &current {
-        Some(item) => format!(
-            "If-Match {expected} but the item is at version {}",
-            item.version
-        ),
-        None => format!("If-Match {expected} but the item does not exist"),
-    };
-    Error::VersionConflict { detail, current }
 }
 
 impl PostgresStore {
@@ -201,94 +191,57 @@ impl Store for PostgresStore {
         }
         let seq = head + 1;
 
-        let event = match &req.op {
+        let stored = match &req.op {
             WriteOp::Put { id, .. } | WriteOp::Delete { id } => {
-                let row = sqlx::query(
-                    "SELECT value, version FROM tidewire_items WHERE room = $1 AND id = $2",
+                sqlx::query("SELECT value, version FROM tidewire_items WHERE room = $1 AND id = $2")
+                    .bind(&req.room)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| StoredItem {
+                        value: r.get(0),
+                        version: to_u64(r.get(1)),
+                    })
+            }
+            WriteOp::Publish(_) => None,
+        };
+        let (event, change) = plan::decide(&req, stored)?;
+        match &change {
+            ItemChange::Upsert {
+                id,
+                value_json,
+                version,
+            } => {
+                sqlx::query(
+                    "INSERT INTO tidewire_items (room, id, value, version, updated_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (room, id) DO UPDATE SET
+                       value = excluded.value, version = excluded.version,
+                       updated_at = excluded.updated_at",
                 )
                 .bind(&req.room)
                 .bind(id)
-                .fetch_optional(&mut *tx)
+                .bind(value_json)
+                .bind(to_i64(*version))
+                .bind(&ts)
+                .execute(&mut *tx)
                 .await?;
-                let (live, last_version) = match row {
-                    Some(r) => {
-                        let value: Option<String> = r.get(0);
-                        let version = to_u64(r.get(1));
-                        let live = value
-                            .map(|v| serde_json::from_str(&v))
-                            .transpose()
-                            .map_err(|e| Error::Internal(format!("stored item is not JSON: {e}")))?
-                            .map(|value| Item {
-                                id: id.clone(),
-                                value,
-                                version,
-                            });
-                        (live, version)
-                    }
-                    None => (None, 0),
-                };
-                if let Some(expected) = req.if_match {
-                    let actual = live.as_ref().map_or(0, |i| i.version);
-                    if actual != expected {
-                        return Err(conflict(expected, live));
-                    }
-                }
-                let version = last_version + 1;
-                match &req.op {
-                    WriteOp::Put { value, .. } => {
-                        sqlx::query(
-                            "INSERT INTO tidewire_items (room, id, value, version, updated_at)
-                             VALUES ($1, $2, $3, $4, $5)
-                             ON CONFLICT (room, id) DO UPDATE SET
-                               value = excluded.value, version = excluded.version,
-                               updated_at = excluded.updated_at",
-                        )
-                        .bind(&req.room)
-                        .bind(id)
-                        .bind(value.to_string())
-                        .bind(to_i64(version))
-                        .bind(&ts)
-                        .execute(&mut *tx)
-                        .await?;
-                        Event::ItemPut(Item {
-                            id: id.clone(),
-                            value: value.clone(),
-                            version,
-                        })
-                    }
-                    _ => {
-                        if live.is_none() {
-                            return Err(Error::NotFound(format!("no item `{id}` in this room")));
-                        }
-                        sqlx::query(
-                            "UPDATE tidewire_items SET value = NULL, version = $1, updated_at = $2
-                             WHERE room = $3 AND id = $4",
-                        )
-                        .bind(to_i64(version))
-                        .bind(&ts)
-                        .bind(&req.room)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                        Event::ItemDeleted(ItemDeleted {
-                            id: id.clone(),
-                            version,
-                        })
-                    }
-                }
             }
-            WriteOp::Publish(app) => Event::App(app.clone()),
-        };
-
-        let envelope = Envelope {
-            room: req.room.clone(),
-            seq: Some(seq),
-            id: ulid::Ulid::generate().to_string(),
-            ts,
-            key: req.key.clone(),
-            event,
-        };
-        let json = envelope.encode();
+            ItemChange::Tombstone { id, version } => {
+                sqlx::query(
+                    "UPDATE tidewire_items SET value = NULL, version = $1, updated_at = $2
+                     WHERE room = $3 AND id = $4",
+                )
+                .bind(to_i64(*version))
+                .bind(&ts)
+                .bind(&req.room)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ItemChange::None => {}
+        }
+        let (envelope, json) = plan::envelope(&req, seq, ts, event);
         sqlx::query(
             "INSERT INTO tidewire_events (room, seq, ts_ms, envelope) VALUES ($1, $2, $3, $4)",
         )

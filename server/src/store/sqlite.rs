@@ -16,9 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use tidewire_protocol::{Envelope, Event, Item, ItemDeleted, ItemState, Snapshot};
+use tidewire_protocol::{Envelope, ItemState, Snapshot};
 use tokio::sync::Mutex;
 
+use super::plan::{self, ItemChange, StoredItem};
 use super::{now, Retention, StoredEvent, WriteOp, WriteRequest, Written};
 use crate::{Error, Result, Store};
 
@@ -123,17 +124,6 @@ impl SqliteStore {
     }
 }
 
-fn conflict(expected: u64, current: Option<Item>) -> Error {
-    let detail = match &current {
-        Some(item) => format!(
-            "If-Match {expected} but the item is at version {}",
-            item.version
-        ),
-        None => format!("If-Match {expected} but the item does not exist"),
-    };
-    Error::VersionConflict { detail, current }
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, req: WriteRequest) -> Result<Written> {
@@ -177,92 +167,57 @@ impl Store for SqliteStore {
             .unwrap_or((0, 0));
         let seq = head + 1;
 
-        let event = match &req.op {
+        let stored = match &req.op {
             WriteOp::Put { id, .. } | WriteOp::Delete { id } => {
-                let row = sqlx::query("SELECT value, version FROM items WHERE room = ? AND id = ?")
+                sqlx::query("SELECT value, version FROM items WHERE room = ? AND id = ?")
                     .bind(&req.room)
                     .bind(id)
                     .fetch_optional(&mut *tx)
-                    .await?;
-                let (live, last_version) = match row {
-                    Some(r) => {
-                        let value: Option<String> = r.get(0);
-                        let version = Self::to_u64(r.get(1));
-                        let live = value
-                            .map(|v| serde_json::from_str(&v))
-                            .transpose()
-                            .map_err(|e| Error::Internal(format!("stored item is not JSON: {e}")))?
-                            .map(|value| Item {
-                                id: id.clone(),
-                                value,
-                                version,
-                            });
-                        (live, version)
-                    }
-                    None => (None, 0),
-                };
-                if let Some(expected) = req.if_match {
-                    let actual = live.as_ref().map_or(0, |i| i.version);
-                    if actual != expected {
-                        return Err(conflict(expected, live));
-                    }
-                }
-                let version = last_version + 1;
-                match &req.op {
-                    WriteOp::Put { value, .. } => {
-                        sqlx::query(
-                            "INSERT INTO items (room, id, value, version, updated_at)
-                             VALUES (?, ?, ?, ?, ?)
-                             ON CONFLICT (room, id) DO UPDATE SET
-                               value = excluded.value, version = excluded.version,
-                               updated_at = excluded.updated_at",
-                        )
-                        .bind(&req.room)
-                        .bind(id)
-                        .bind(value.to_string())
-                        .bind(version as i64)
-                        .bind(&ts)
-                        .execute(&mut *tx)
-                        .await?;
-                        Event::ItemPut(Item {
-                            id: id.clone(),
-                            value: value.clone(),
-                            version,
-                        })
-                    }
-                    _ => {
-                        if live.is_none() {
-                            return Err(Error::NotFound(format!("no item `{id}` in this room")));
-                        }
-                        sqlx::query(
-                            "UPDATE items SET value = NULL, version = ?, updated_at = ?
-                             WHERE room = ? AND id = ?",
-                        )
-                        .bind(version as i64)
-                        .bind(&ts)
-                        .bind(&req.room)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                        Event::ItemDeleted(ItemDeleted {
-                            id: id.clone(),
-                            version,
-                        })
-                    }
-                }
+                    .await?
+                    .map(|r| StoredItem {
+                        value: r.get(0),
+                        version: Self::to_u64(r.get(1)),
+                    })
             }
-            WriteOp::Publish(app) => Event::App(app.clone()),
+            WriteOp::Publish(_) => None,
         };
-
-        let envelope = Envelope {
-            room: req.room.clone(),
-            seq: Some(seq),
-            id: ulid::Ulid::generate().to_string(),
-            ts,
-            key: req.key.clone(),
-            event,
-        };
-        let json = envelope.encode();
+        let (event, change) = plan::decide(&req, stored)?;
+        match &change {
+            ItemChange::Upsert {
+                id,
+                value_json,
+                version,
+            } => {
+                sqlx::query(
+                    "INSERT INTO items (room, id, value, version, updated_at)
+                     VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (room, id) DO UPDATE SET
+                       value = excluded.value, version = excluded.version,
+                       updated_at = excluded.updated_at",
+                )
+                .bind(&req.room)
+                .bind(id)
+                .bind(value_json)
+                .bind(*version as i64)
+                .bind(&ts)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ItemChange::Tombstone { id, version } => {
+                sqlx::query(
+                    "UPDATE items SET value = NULL, version = ?, updated_at = ?
+                     WHERE room = ? AND id = ?",
+                )
+                .bind(*version as i64)
+                .bind(&ts)
+                .bind(&req.room)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            ItemChange::None => {}
+        }
+        let (envelope, json) = plan::envelope(&req, seq, ts, event);
         sqlx::query("INSERT INTO events (room, seq, ts_ms, envelope) VALUES (?, ?, ?, ?)")
             .bind(&req.room)
             .bind(seq as i64)
