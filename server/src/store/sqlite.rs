@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 use tidewire_protocol::{Envelope, ItemState, Snapshot};
 use tokio::sync::Mutex;
 
@@ -89,7 +89,12 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None)
         } else {
-            SqlitePoolOptions::new().max_connections(4)
+            // A connection whose rollback failed (a full disk fails it too) would come back
+            // still inside its transaction and every later write on it would fail: close it
+            // instead, and let the pool open a fresh one.
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
         }
         .connect_with(opts)
         .await?;
@@ -130,7 +135,9 @@ impl Store for SqliteStore {
         let _guard = self.write_lock.lock().await;
         let (ts, now_ms) = now();
         let fingerprint = req.key.as_ref().map(|_| req.fingerprint());
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front, so a busy database waits (busy_timeout)
+        // instead of failing when a deferred transaction upgrades from read to write.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
 
         if let (Some(key), Some(fp)) = (&req.key, &fingerprint) {
             let ttl_ms = (self.retention.idempotency_secs as i64).saturating_mul(1000);
@@ -365,7 +372,7 @@ impl Store for SqliteStore {
     async fn trim_expired(&self, cutoff_unix_ms: i64) -> Result<u64> {
         let _guard = self.write_lock.lock().await;
         let (_, now_ms) = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let rows = sqlx::query("SELECT room, MAX(seq) FROM events WHERE ts_ms < ? GROUP BY room")
             .bind(cutoff_unix_ms)
             .fetch_all(&mut *tx)

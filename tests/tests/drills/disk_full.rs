@@ -222,6 +222,11 @@ async fn disk_full_answers_503_and_recovers() {
         late_503.len(),
         late_503.iter().collect::<std::collections::BTreeSet<_>>()
     );
+    // A connection whose rollback failed on the full disk must not come back poisoned.
+    assert!(
+        late_503.is_empty(),
+        "writes failed after space returned: {late_503:?}"
+    );
     let history = rest
         .history_all(ROOM, 0)
         .await
