@@ -38,6 +38,7 @@ pub mod routes;
 pub mod service;
 pub mod shutdown;
 pub mod store;
+pub mod testing;
 pub mod transport;
 
 use std::sync::Arc;

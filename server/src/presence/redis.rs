@@ -324,24 +324,13 @@ pub mod testing {
     /// `SKIPPED: …` and answers `false`.
     pub async fn ensure() -> bool {
         let url = url();
-        if reachable(&url).await {
-            return true;
-        }
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("mkdir -p /var/lib/redis /var/log/redis; redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log")
-            .status();
-        for _ in 0..20 {
-            if reachable(&url).await {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        if std::env::var("TIDEWIRE_SKIP_SERVICES").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: Redis not reachable at {url} (TIDEWIRE_SKIP_SERVICES=1)");
-            return false;
-        }
-        panic!("Redis not reachable at {url} and could not be started; set TIDEWIRE_SKIP_SERVICES=1 to skip");
+        crate::testing::ensure_service(
+            "Redis",
+            &url,
+            "mkdir -p /var/lib/redis /var/log/redis; redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+            || reachable(&url),
+        )
+        .await
     }
 
     /// Deletes every key that starts with `prefix`.

@@ -460,24 +460,13 @@ pub mod testing {
     /// case it prints `SKIPPED: …` and answers `false`.
     pub async fn ensure() -> bool {
         let url = admin_url();
-        if reachable(&url).await {
-            return true;
-        }
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")
-            .status();
-        for _ in 0..20 {
-            if reachable(&url).await {
-                return true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        if std::env::var("TIDEWIRE_SKIP_SERVICES").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: PostgreSQL not reachable at {url} (TIDEWIRE_SKIP_SERVICES=1)");
-            return false;
-        }
-        panic!("PostgreSQL not reachable at {url} and could not be started; set TIDEWIRE_SKIP_SERVICES=1 to skip");
+        crate::testing::ensure_service(
+            "PostgreSQL",
+            &url,
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+            || reachable(&url),
+        )
+        .await
     }
 
     /// A fresh database; answers its URL. Drop it with [`drop_database`].
