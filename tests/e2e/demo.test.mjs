@@ -1,16 +1,18 @@
-// Browser tests of the demo page (www/, issue 5): a shared availability board driven by the
+// Browser tests of the demo page (www/): a shared availability board driven by the
 // tidewire wasm SDK, served by the tidewire binary.
 //
 // Run:   node --test tests/e2e/demo.test.mjs
 // Needs: the tidewire binary ($TIDEWIRE_BIN, target/debug/tidewire or target/release/tidewire),
 //        client/pkg (wasm-pack build client --release --target web --out-dir pkg),
 //        Debian's Chromium at /usr/bin/chromium ($CHROMIUM_PATH) and playwright-core.
-// Writes docs/demo.png (the two-user board).
+// Writes the two-user board's picture to test-results/demo.png; with
+// TIDEWIRE_UPDATE_SCREENSHOT=1 it replaces docs/demo.png (the README's picture) instead, so an
+// ordinary test run leaves the tree clean.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { pkgDir } from './lib/server.mjs';
 import {
   ROOT, boardId, countsFromSnapshot, launchBrowser, openBoard, readGrid, restDelete, restPut,
@@ -542,8 +544,12 @@ describe('demo page', { timeout: 900_000 }, () => {
       await a.waitForSelector('[data-cell="3-11"] .hover-tag', { timeout: 10_000 }).catch(() => {});
       await a.mouse.move(5, 5);
       await sleep(400); // let the colour transitions finish
-      mkdirSync(join(ROOT, 'docs'), { recursive: true });
-      await a.screenshot({ path: join(ROOT, 'docs/demo.png') });
+      const shot = process.env.TIDEWIRE_UPDATE_SCREENSHOT === '1'
+        ? join(ROOT, 'docs/demo.png')
+        : join(ROOT, 'tests/e2e/test-results/demo.png');
+      mkdirSync(dirname(shot), { recursive: true });
+      await a.screenshot({ path: shot });
+      assert.ok(statSync(shot).size > 10_000, `${shot} holds a real picture`);
     } finally {
       await closeAll(a, b);
     }
