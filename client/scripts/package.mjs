@@ -19,11 +19,13 @@ if (!fs.existsSync(manifestPath)) {
 const pkg = JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
 
 // wasm-opt -Os with a binaryen that understands reference types (>= 116): $WASM_OPT, the one
-// npm installed for the Vite test, or the one on PATH. Skipped (with a note) when none works.
+// `cargo xtask setup` installed from npm (client/scripts/wasm-opt), the one npm installed for
+// the Vite test, or the one on PATH. Skipped (with a note) when none works.
 function wasmOpt(wasm) {
   const root = path.resolve(client, '..');
   const candidates = [
     process.env.WASM_OPT,
+    path.join(client, 'scripts', 'wasm-opt', 'node_modules', '.bin', 'wasm-opt'),
     path.join(root, 'tests', 'vite-app', 'node_modules', '.bin', 'wasm-opt'),
     'wasm-opt',
   ].filter(Boolean);

@@ -6,7 +6,7 @@
 //! | wasm32 target | `rustup target list --installed` | `rustup target add wasm32-unknown-unknown` |
 //! | wasm-bindgen CLI | `wasm-bindgen --version` says 0.2.130 | `cargo install wasm-bindgen-cli --version 0.2.130` |
 //! | wasm-pack | `wasm-pack --version` says 0.15.1 | `cargo install wasm-pack --version 0.15.1 --locked` |
-//! | wasm-opt | `wasm-opt --version` | `apt-get install -y binaryen` (root only) |
+//! | wasm-opt | `wasm-opt --version` ≥ 116 | `npm ci` in `client/scripts/wasm-opt` (binaryen from npm) |
 //! | Chromium + chromedriver | both present, same major version | `apt-get install -y chromium chromium-driver` (root only) |
 //! | Node.js + npm | `node --version` ≥ 20 | `apt-get install -y nodejs npm` (root only) |
 //!
@@ -24,6 +24,10 @@ pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
 pub const WASM_PACK_VERSION: &str = "0.15.1";
 /// The oldest Node.js major version the browser tests run on.
 pub const NODE_MIN_MAJOR: u32 = 20;
+/// The oldest binaryen whose `wasm-opt` reads the SDK's module (reference types).
+pub const WASM_OPT_MIN_VERSION: u32 = 116;
+/// Where npm installs binaryen when no recent `wasm-opt` is on PATH (relative to the root).
+pub const WASM_OPT_DIR: &str = "client/scripts/wasm-opt";
 /// The Rust target of the browser SDK.
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
@@ -143,22 +147,31 @@ impl Setup {
         }
     }
 
+    /// A wasm-opt that reads the SDK's module (binaryen >= [`WASM_OPT_MIN_VERSION`], which
+    /// knows reference types): one on PATH, or else npm's `binaryen` in [`WASM_OPT_DIR`], the
+    /// place `client/scripts/package.mjs` looks. Distribution packages are often older (Debian 12
+    /// ships 108), so they are not installed.
     fn wasm_opt(&mut self, ctx: &Ctx) -> Result<(), Error> {
         if let Some(v) = query("wasm-opt", &["--version"]) {
-            return present(v.trim());
+            if binaryen_version(&v).is_some_and(|n| n >= WASM_OPT_MIN_VERSION) {
+                return present(v.trim());
+            }
         }
-        self.apt(
-            ctx,
-            "wasm-opt (binaryen)",
-            &["binaryen"],
-            "install binaryen so `wasm-opt` is on PATH (`apt-get install binaryen`, `brew install binaryen`, or `npm i -g binaryen`)",
-        )?;
-        query("wasm-opt", &["--version"])
-            .map(|_| ())
-            .ok_or_else(|| Error::Missing {
-                what: "wasm-opt".into(),
-                how: "binaryen was installed but `wasm-opt` is not on PATH".into(),
-            })
+        self.node(ctx)?;
+        let dir = ctx.root.join(WASM_OPT_DIR);
+        npm_ci(&dir)?;
+        let bin = dir.join("node_modules/.bin/wasm-opt");
+        match query(&bin.to_string_lossy(), &["--version"]) {
+            Some(v) if binaryen_version(&v).is_some_and(|n| n >= WASM_OPT_MIN_VERSION) => Ok(()),
+            other => Err(Error::Missing {
+                what: format!("wasm-opt {WASM_OPT_MIN_VERSION} or newer"),
+                how: format!(
+                    "{} says `{}`; install binaryen {WASM_OPT_MIN_VERSION}+ and put its wasm-opt on PATH",
+                    bin.display(),
+                    other.unwrap_or_default().trim()
+                ),
+            }),
+        }
     }
 
     fn chromium(&mut self, ctx: &Ctx) -> Result<(), Error> {
@@ -313,6 +326,15 @@ pub fn has_version(output: &str, version: &str) -> bool {
         .any(|word| word == version)
 }
 
+/// The release in binaryen's `wasm-opt version 132 (version_132)`.
+pub fn binaryen_version(output: &str) -> Option<u32> {
+    let rest = &output[output.find("version")? + "version".len()..];
+    rest.trim_start_matches([' ', '_'])
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+}
+
 /// The major version in output like `Chromium 156.0.8078.79 built on …` or `v20.20.2`.
 pub fn major_version(output: &str) -> Option<u32> {
     output
@@ -345,5 +367,11 @@ mod tests {
         );
         assert_eq!(major_version("v20.20.2"), Some(20));
         assert_eq!(major_version("nothing here"), None);
+        assert_eq!(
+            binaryen_version("wasm-opt version 132 (version_132)"),
+            Some(132)
+        );
+        assert_eq!(binaryen_version("wasm-opt version 108"), Some(108));
+        assert_eq!(binaryen_version("wasm-opt"), None);
     }
 }
