@@ -9,11 +9,12 @@
 //! assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 
 /// The `tidewire` command line.
 #[derive(Debug, Parser)]
@@ -121,6 +122,11 @@ pub struct Config {
     /// Burst of writes per client key.
     #[arg(long, env = "TIDEWIRE_WRITE_BURST", default_value_t = 200)]
     pub write_burst: u32,
+    /// Load balancers and reverse proxies whose `X-Forwarded-For` is believed: IP addresses or
+    /// CIDR blocks, comma-separated. Anonymous clients behind them are keyed (for limits) by the
+    /// rightmost address in the header that is not itself a trusted proxy, not by the proxy's.
+    #[arg(long, env = "TIDEWIRE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<IpNet>,
     /// Seconds an idempotency key is remembered.
     #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
@@ -144,6 +150,14 @@ impl Default for Config {
             .expect("defaults always parse")
             .config
     }
+}
+
+/// An IP address (a one-address block) or a CIDR block.
+fn parse_net(s: &str) -> std::result::Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is neither an IP address nor a CIDR block"))
 }
 
 impl Config {
@@ -179,6 +193,28 @@ mod tests {
         assert_eq!(c.write_burst, 200);
         assert!(c.cors_origin.is_empty());
         assert!(c.redis.is_none());
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_blocks() {
+        let cli = Cli::try_parse_from([
+            "tidewire",
+            "serve",
+            "--trusted-proxies",
+            "10.0.0.0/8, 127.0.0.1,::1",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command;
+        let shown: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        let bad = Cli::try_parse_from(["tidewire", "serve", "--trusted-proxies", "10.0.0.0/33"])
+            .expect_err("a bad block is refused");
+        assert!(
+            bad.to_string()
+                .contains("neither an IP address nor a CIDR block"),
+            "{bad}"
+        );
     }
 
     #[test]

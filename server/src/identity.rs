@@ -1,7 +1,8 @@
 //! Who is making a request, derived in one place, and the one room-access check.
 //!
-//! With no JWT secret configured every caller is anonymous, keyed by peer IP, and may do
-//! anything. With a secret, [`ClientIdentity`]'s extractor takes the credentials a browser can
+//! With no JWT secret configured every caller is anonymous, keyed by peer IP (or, behind a
+//! `--trusted-proxies` load balancer, by the address its `X-Forwarded-For` names: see
+//! [`client_ip`]), and may do anything. With a secret, [`ClientIdentity`]'s extractor takes the credentials a browser can
 //! send — `Authorization: Bearer <jwt>`, a single-use `?ticket=` from `POST /v1/tickets`, or
 //! the `tidewire_token` cookie — and [`authorize`] checks the token's room patterns.
 //!
@@ -11,12 +12,13 @@
 //! assert!(authorize(&who, "board-1", Access::Write).is_ok());
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use ipnet::IpNet;
 
 use crate::auth::{Grant, COOKIE_NAME};
 use crate::{AppState, Error, Result};
@@ -99,7 +101,9 @@ impl FromRequestParts<AppState> for ClientIdentity {
             let key = parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_string())
+                .map(|ConnectInfo(addr)| {
+                    client_ip(addr.ip(), &parts.headers, &state.config.trusted_proxies).to_string()
+                })
                 .unwrap_or_else(|| "local".to_owned());
             return Ok(ClientIdentity::anonymous(key));
         };
@@ -118,6 +122,57 @@ impl FromRequestParts<AppState> for ClientIdentity {
         };
         Ok(ClientIdentity::authenticated(grant))
     }
+}
+
+/// The address an anonymous caller is keyed by. A peer that is not a trusted proxy is the
+/// client. Behind trusted proxies, `X-Forwarded-For` is read from the right (each proxy appends
+/// the address it received from) and the first address that is not itself a trusted proxy is
+/// the client; an entry that is not an address stops the walk at the last trusted hop, so a
+/// client cannot pick its own key with a forged header.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use axum::http::HeaderMap;
+/// use tidewire_server::identity::client_ip;
+///
+/// let lb: IpAddr = "10.0.0.2".parse().unwrap();
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-forwarded-for", "198.51.100.1, 203.0.113.7".parse().unwrap());
+/// let trusted = ["10.0.0.0/8".parse().unwrap()];
+/// assert_eq!(client_ip(lb, &headers, &trusted), "203.0.113.7".parse::<IpAddr>().unwrap());
+/// assert_eq!(client_ip(lb, &headers, &[]), lb);
+/// ```
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Some(ip) = parse_hop(hop) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry: `203.0.113.7`, `203.0.113.7:5000`, `2001:db8::1` or
+/// `[2001:db8::1]:5000`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// What a caller wants to do with a room.
@@ -159,6 +214,64 @@ pub fn authorize(who: &ClientIdentity, room: &str, access: Access) -> Result<()>
 mod tests {
     use super::*;
     use crate::auth::{Auth, Claims};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let lb = ip("10.1.2.3");
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(
+            client_ip(ip("198.51.100.9"), &xff(&["203.0.113.7"]), &trusted),
+            ip("198.51.100.9")
+        );
+        // One trusted hop: the address it appended.
+        assert_eq!(
+            client_ip(lb, &xff(&["203.0.113.7"]), &trusted),
+            ip("203.0.113.7")
+        );
+        // A forged left part is skipped: the rightmost untrusted address wins.
+        assert_eq!(
+            client_ip(lb, &xff(&["1.1.1.1, 203.0.113.7, 10.9.9.9"]), &trusted),
+            ip("203.0.113.7")
+        );
+        // Several header lines are one list, in order.
+        assert_eq!(
+            client_ip(lb, &xff(&["1.1.1.1", "203.0.113.8"]), &trusted),
+            ip("203.0.113.8")
+        );
+        // Ports and bracketed IPv6 are understood.
+        assert_eq!(
+            client_ip(lb, &xff(&["203.0.113.7:5000"]), &trusted),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client_ip(ip("::1"), &xff(&["[2001:db8::1]:443"]), &trusted),
+            ip("2001:db8::1")
+        );
+        // No header, or garbage: the last trusted hop, never a made-up key.
+        assert_eq!(client_ip(lb, &HeaderMap::new(), &trusted), lb);
+        assert_eq!(client_ip(lb, &xff(&["unknown"]), &trusted), lb);
+        assert_eq!(
+            client_ip(lb, &xff(&["203.0.113.7, garbage, 10.0.0.9"]), &trusted),
+            ip("10.0.0.9")
+        );
+        // Only trusted addresses: the leftmost of them.
+        assert_eq!(client_ip(lb, &xff(&["10.0.0.7"]), &trusted), ip("10.0.0.7"));
+        // Nothing trusted: the peer.
+        assert_eq!(client_ip(lb, &xff(&["203.0.113.7"]), &[]), lb);
+    }
 
     #[test]
     fn credentials_are_found() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::json;
 use tidewire_protocol::ErrorCode;
-use tidewire_tests::{Error, Server, SseClient, SseRequest, WriteOptions, WsClient};
+use tidewire_tests::{Error, Server, ServerBuilder, SseClient, SseRequest, WriteOptions, WsClient};
 
 use crate::start;
 
@@ -203,4 +203,50 @@ async fn websocket_writes_share_the_write_rate() {
     ws.ping()
         .await
         .expect("a rate-limited connection stays open");
+}
+
+/// Writes per forwarded client: how many of `n` PUTs sent with `X-Forwarded-For: client` were
+/// accepted.
+async fn accepted_as(server: &Server, client: &str, n: usize) -> usize {
+    let http = reqwest::Client::new();
+    let mut ok = 0;
+    for i in 0..n {
+        let answer = http
+            .put(format!("{}/v1/rooms/xff/items/{client}-{i}", server.url()))
+            .header("x-forwarded-for", client)
+            .json(&json!(i))
+            .send()
+            .await
+            .expect("request completes");
+        match answer.status().as_u16() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("expected 200 or 429, got {other}"),
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_limits_count_per_forwarded_client() {
+    // A burst of 3, refilled at one write a second: of 5 quick writes, 3 (or 4 when the five
+    // take over a second on a loaded machine) are accepted.
+    let limited = |b: ServerBuilder| b.flag("write-rate", 1).flag("write-burst", 3);
+    let server = start(limited(Server::builder()).flag("trusted-proxies", "127.0.0.0/8"));
+    let first = accepted_as(&server, "203.0.113.1", 5).await;
+    assert!((3..=4).contains(&first), "client 1's burst: {first}");
+    let second = accepted_as(&server, "203.0.113.2", 5).await;
+    assert!(
+        (3..=4).contains(&second),
+        "client 2 has its own budget behind the same proxy: {second}"
+    );
+    // Without the flag the header is not believed: every request is the loopback peer's.
+    let server = start(limited(Server::builder()));
+    let first = accepted_as(&server, "203.0.113.1", 5).await;
+    assert!((3..=4).contains(&first), "{first}");
+    let second = accepted_as(&server, "203.0.113.2", 5).await;
+    assert!(
+        second <= 1,
+        "a forged header buys no new budget: {second} accepted"
+    );
 }
