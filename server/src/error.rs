@@ -88,6 +88,9 @@ pub enum Error {
     /// The store failed.
     #[error("store unavailable: {0}")]
     Store(#[from] sqlx::Error),
+    /// A shared backend other than the store (the ticket ledger in Redis) did not answer.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A setting is invalid or a backend is not available yet.
     #[error("configuration: {0}")]
     Config(String),
@@ -118,7 +121,7 @@ impl Error {
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
             Error::TokenExpired => ErrorCode::TokenExpired,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
-            Error::Store(_) => ErrorCode::StoreUnavailable,
+            Error::Store(_) | Error::Unavailable(_) => ErrorCode::StoreUnavailable,
             Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -151,7 +154,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(
             self,
-            Error::Store(_) | Error::Internal(_) | Error::Config(_)
+            Error::Store(_) | Error::Unavailable(_) | Error::Internal(_) | Error::Config(_)
         ) {
             tracing::error!(error = %self, "request failed");
         }

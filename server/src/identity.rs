@@ -110,7 +110,7 @@ impl FromRequestParts<AppState> for ClientIdentity {
         let grant = if let Some(token) = bearer(&parts.headers) {
             auth.verify(token)?
         } else if let Some(t) = ticket(parts.uri.query()) {
-            auth.redeem(t)?
+            auth.redeem(t).await?
         } else if let Some(token) = cookie(&parts.headers) {
             auth.verify(token)?
         } else {

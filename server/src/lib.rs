@@ -162,10 +162,14 @@ impl Server {
     /// Opens the store (creating and migrating it), starts the hub, the presence reaper and
     /// retention. Must run inside a Tokio runtime.
     pub async fn new(config: Config) -> Result<Server> {
-        let auth = match config.jwt_secret.as_deref() {
-            Some("") => return Err(Error::Config("--jwt-secret must not be empty".into())),
-            Some(secret) => Some(Arc::new(auth::Auth::new(secret))),
-            None => None,
+        let auth = match (config.jwt_secret.as_deref(), config.redis.as_deref()) {
+            (Some(""), _) => return Err(Error::Config("--jwt-secret must not be empty".into())),
+            (Some(secret), None) => Some(Arc::new(auth::Auth::new(secret))),
+            (Some(secret), Some(url)) => {
+                let ledger = auth::ledger::RedisLedger::connect(url, &config.redis_prefix).await?;
+                Some(Arc::new(auth::Auth::with_ledger(secret, Arc::new(ledger))))
+            }
+            (None, _) => None,
         };
         let (store, bus, presence) = open_backends(&config).await?;
         let hub = Hub::new(store.clone());

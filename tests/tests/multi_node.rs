@@ -513,3 +513,53 @@ async fn idempotency_keys_and_if_match_hold_across_nodes() {
     let log = a.rest().history_all(room, 0).await.expect("history");
     assert_eq!(log.len(), 2, "one keyed event, one conditional event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_redeemed_on_one_node_is_refused_on_every_other() {
+    let Some(dep) = Deployment::new(None) else {
+        return;
+    };
+    const SECRET: &str = "multi-node-ticket-secret";
+    let (a, b) = (
+        dep.node(&[("jwt-secret", SECRET)]),
+        dep.node(&[("jwt-secret", SECRET)]),
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 300;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "ada", "exp": exp, "read": ["t*"], "write": []}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("signing works");
+    let http = reqwest::Client::new();
+    let issued: serde_json::Value = http
+        .post(format!("{}/v1/tickets", a.url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("ticket from A")
+        .json()
+        .await
+        .expect("ticket JSON");
+    let ticket = issued["ticket"].as_str().expect("a ticket").to_owned();
+    let open = |node: &Server| {
+        let url = format!("{}/v1/sse?rooms=t1&ticket={ticket}", node.url());
+        let http = http.clone();
+        async move { http.get(url).send().await.expect("sse answers") }
+    };
+    // Redeemed on B (not the node that issued it) ...
+    let first = open(&b).await;
+    assert_eq!(first.status(), 200, "the first use, on another node");
+    // ... it is used up on A and on B alike.
+    for node in [&a, &b] {
+        let again = open(node).await;
+        assert_eq!(again.status(), 401, "a second use is refused");
+        let problem: tidewire_protocol::Problem = again.json().await.expect("problem+json");
+        assert_eq!(problem.code, ErrorCode::Unauthorized);
+    }
+    drop(first);
+}

@@ -4,19 +4,25 @@
 //! A token's claims are `sub`, `exp` (seconds since the epoch), `read` and `write`: lists of
 //! room patterns where `*` matches any run of characters.
 //!
+//! Tickets are single-use across every node that shares the [`ledger::TicketLedger`]: the
+//! process's own by default, Redis with `--redis`.
+//!
 //! ```
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 //! use tidewire_server::auth::{Auth, Claims};
 //! let auth = Auth::new("secret");
 //! let token = auth.mint(&Claims::new("ada", 60, &["board-*"], &["board-1"])).unwrap();
 //! let grant = auth.verify(&token).unwrap();
 //! assert!(grant.can_read("board-7") && !grant.can_write("board-7"));
 //! let ticket = auth.issue_ticket(grant.clone()).unwrap();
-//! assert_eq!(auth.redeem(&ticket).unwrap().subject, "ada");
-//! assert!(auth.redeem(&ticket).is_err(), "tickets are single-use");
+//! assert_eq!(auth.redeem(&ticket).await.unwrap().subject, "ada");
+//! assert!(auth.redeem(&ticket).await.is_err(), "tickets are single-use");
+//! # });
 //! ```
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+pub mod ledger;
+
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey};
@@ -24,6 +30,7 @@ use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+use ledger::{MemoryLedger, TicketLedger};
 
 /// Seconds a ticket from `POST /v1/tickets` stays valid.
 pub const TICKET_TTL_SECS: u64 = 30;
@@ -137,8 +144,8 @@ pub struct Auth {
     validation: Validation,
     ticket_encoding: EncodingKey,
     ticket_decoding: DecodingKey,
-    /// Redeemed ticket ids until their expiry (seconds since the epoch).
-    used: Mutex<HashMap<String, u64>>,
+    /// Where redeemed ticket ids are remembered.
+    ledger: Arc<dyn TicketLedger>,
 }
 
 /// The claims of a ticket: the token's grant, the ticket's own expiry and its id.
@@ -159,8 +166,14 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Auth with the HS256 `secret`.
+    /// Auth with the HS256 `secret`; tickets are single-use in this process.
     pub fn new(secret: &str) -> Auth {
+        Auth::with_ledger(secret, Arc::new(MemoryLedger::default()))
+    }
+
+    /// Auth with the HS256 `secret`, remembering redeemed tickets in `ledger` (a
+    /// [`RedisLedger`](ledger::RedisLedger) makes them single-use across nodes).
+    pub fn with_ledger(secret: &str, ledger: Arc<dyn TicketLedger>) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -170,7 +183,7 @@ impl Auth {
             validation,
             ticket_encoding: EncodingKey::from_secret(&ticket_key(secret)),
             ticket_decoding: DecodingKey::from_secret(&ticket_key(secret)),
-            used: Mutex::new(HashMap::new()),
+            ledger,
         }
     }
 
@@ -207,7 +220,7 @@ impl Auth {
 
     /// A single-use ticket for `grant`, valid [`TICKET_TTL_SECS`]. The ticket is itself signed
     /// (with a key derived from the secret, so it never passes as a Bearer token), so any node
-    /// sharing the secret can redeem it; single use is enforced by the node that redeems it.
+    /// sharing the secret can redeem it; single use is enforced by the [`TicketLedger`].
     pub fn issue_ticket(&self, grant: Arc<Grant>) -> Result<String> {
         use rand::RngCore;
         let mut bytes = [0u8; 12];
@@ -229,8 +242,9 @@ impl Auth {
     }
 
     /// Redeems a ticket once: `unauthorized` when forged, used or older than its TTL,
-    /// `token_expired` when the token it was issued for has expired meanwhile.
-    pub fn redeem(&self, ticket: &str) -> Result<Arc<Grant>> {
+    /// `token_expired` when the token it was issued for has expired meanwhile,
+    /// `store_unavailable` when the ledger cannot tell whether it was used.
+    pub async fn redeem(&self, ticket: &str) -> Result<Arc<Grant>> {
         let unknown = || {
             Error::Unauthorized(
                 "the ticket is not valid, used or expired: get a new one from POST /v1/tickets"
@@ -247,12 +261,8 @@ impl Auth {
         if c.until <= now {
             return Err(unknown());
         }
-        {
-            let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-            used.retain(|_, until| *until > now);
-            if used.insert(c.jti, c.until).is_some() {
-                return Err(unknown());
-            }
+        if !self.ledger.first_use(&c.jti, c.until).await? {
+            return Err(unknown());
         }
         let grant = Grant {
             subject: c.sub,
@@ -328,17 +338,27 @@ mod tests {
         assert!(matches!(auth.verify("nope"), Err(Error::Unauthorized(_))));
     }
 
-    #[test]
-    fn tickets_are_single_use_and_no_bearer_tokens() {
+    #[tokio::test]
+    async fn tickets_are_single_use_and_no_bearer_tokens() {
         let a = Auth::new("s");
         let b = Auth::new("s");
         let token = a.mint(&Claims::new("a", 60, &["r"], &[])).unwrap();
         let ticket = a.issue_ticket(a.verify(&token).unwrap()).unwrap();
         assert!(a.verify(&ticket).is_err(), "a ticket is no Bearer token");
-        assert!(a.redeem(&token).is_err(), "a token is no ticket");
-        // Another node with the same secret redeems it; each node only once.
-        assert_eq!(b.redeem(&ticket).unwrap().subject, "a");
-        assert!(b.redeem(&ticket).is_err());
-        assert!(Auth::new("t").redeem(&ticket).is_err());
+        assert!(a.redeem(&token).await.is_err(), "a token is no ticket");
+        // Another node with the same secret redeems it; with their own ledgers, each node
+        // only once.
+        assert_eq!(b.redeem(&ticket).await.unwrap().subject, "a");
+        assert!(b.redeem(&ticket).await.is_err());
+        assert!(Auth::new("t").redeem(&ticket).await.is_err());
+        // With one shared ledger, once in all.
+        let shared: Arc<dyn TicketLedger> = Arc::new(MemoryLedger::default());
+        let (c, d) = (
+            Auth::with_ledger("s", shared.clone()),
+            Auth::with_ledger("s", shared),
+        );
+        let ticket = c.issue_ticket(c.verify(&token).unwrap()).unwrap();
+        assert!(c.redeem(&ticket).await.is_ok());
+        assert!(d.redeem(&ticket).await.is_err(), "used on the other node");
     }
 }
