@@ -111,9 +111,17 @@ impl Backoff {
         self.hint_ms = Some(retry_ms.min(120_000));
     }
 
-    /// The server's SSE `retry:` value: the smallest window the backoff uses.
-    pub fn set_base(&mut self, base_ms: u64) {
-        self.config.base_ms = base_ms.max(1);
+    /// [`Backoff::next_delay`] after an SSE stream that announced the server's `retry:` value
+    /// (`floor_ms`): the delay is `floor_ms` (at most two minutes) plus the full-jitter delay,
+    /// so clients stay spread out above the floor. A pending `reconnect` hint is used as given
+    /// instead, as it is the server's latest word.
+    pub fn next_delay_with_floor(&mut self, random: &mut dyn Random, floor_ms: u64) -> u64 {
+        if self.hint_ms.is_some() {
+            return self.next_delay(random);
+        }
+        floor_ms
+            .min(120_000)
+            .saturating_add(self.next_delay(random))
     }
 
     /// Starts again from attempt 0.
@@ -216,5 +224,24 @@ mod tests {
             b.next_delay(&mut || 0.9);
         }
         assert_eq!(b.window_ms(), u64::MAX);
+    }
+
+    #[test]
+    fn the_retry_floor_lifts_the_jittered_delay() {
+        let mut b = Backoff::new(cfg());
+        assert_eq!(b.next_delay_with_floor(&mut || 0.0, 1_500), 1_500);
+        assert_eq!(b.next_delay_with_floor(&mut || 0.5, 1_500), 1_600);
+        assert_eq!(b.attempt(), 2, "a floored delay is an attempt like any other");
+        assert_eq!(
+            b.next_delay_with_floor(&mut || 0.0, 10_000_000),
+            120_000,
+            "the floor is capped at two minutes"
+        );
+        b.hint(40);
+        assert_eq!(
+            b.next_delay_with_floor(&mut || 0.9, 1_500),
+            40,
+            "a reconnect hint wins"
+        );
     }
 }

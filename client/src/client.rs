@@ -48,6 +48,9 @@ pub struct Options {
     pub backoff: BackoffConfig,
     /// SSE and WebSocket must open within this many milliseconds, or they count as stalled.
     pub open_timeout_ms: u64,
+    /// An open SSE stream that brings neither an event nor a heartbeat for twice the server's
+    /// announced heartbeat interval plus this many milliseconds counts as stalled.
+    pub heartbeat_slack_ms: u64,
     /// How long a fallback transport runs before the client tries the preferred one again.
     pub climb_ms: u64,
     /// How long an out-of-order event waits for the gap before the snapshot is re-fetched.
@@ -72,6 +75,7 @@ impl Options {
             transport: None,
             backoff: BackoffConfig::default(),
             open_timeout_ms: 5_000,
+            heartbeat_slack_ms: 5_000,
             climb_ms: 30_000,
             reorder_ms: 1_000,
             poll_interval_ms: 3_000,
@@ -245,6 +249,7 @@ pub(crate) struct Shared {
     url: String,
     forced: Option<TransportKind>,
     open_timeout_ms: u64,
+    heartbeat_slack_ms: u64,
     climb_ms: u64,
     reorder_ms: u64,
     poll_interval_ms: u64,
@@ -319,6 +324,7 @@ impl Client {
             url: options.url,
             forced: options.transport,
             open_timeout_ms: options.open_timeout_ms,
+            heartbeat_slack_ms: options.heartbeat_slack_ms,
             climb_ms: options.climb_ms,
             reorder_ms: options.reorder_ms,
             poll_interval_ms: options.poll_interval_ms,
@@ -669,7 +675,7 @@ impl Shared {
         Ok(match kind {
             TransportKind::Sse => {
                 let url = format!(
-                    "{}/v1/sse?rooms={}&since={}&presence=1&client_id={}",
+                    "{}/v1/sse?rooms={}&since={}&presence=1&heartbeat=event&client_id={}",
                     self.url,
                     enc(&names.join(",")),
                     enc(&self.cursor().to_string()),
@@ -753,7 +759,11 @@ enum End {
     Close,
     Lost {
         opened_for: Option<u64>,
+        /// No answer within the bound: before the first byte, or (SSE) no event and no
+        /// heartbeat within the watchdog bound after it opened.
         stalled: bool,
+        /// The server's SSE `retry:` hint, when the stream announced it.
+        retry_ms: Option<u64>,
     },
     Again,
     Offline,
@@ -808,6 +818,7 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
             End::Lost {
                 opened_for: None,
                 stalled: false,
+                retry_ms: None,
             }
         } else {
             connect(&shared, &mut rx, kind, degraded).await
@@ -825,10 +836,12 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
             End::Lost {
                 opened_for,
                 stalled,
+                retry_ms,
             } => {
-                // A connection that never opened may move the client down the ladder
-                // (a failed snapshot fetch says nothing about the transport).
-                if opened_for.is_none() && !fetch_failed {
+                // A connection that never opened, or an SSE stream that stalled after it
+                // opened, may move the client down the ladder (a failed snapshot fetch says
+                // nothing about the transport).
+                if (opened_for.is_none() || stalled) && !fetch_failed {
                     let probe = shared.conn.borrow().ladder.needs_probe(kind, stalled);
                     let reachable = if probe {
                         Some(http::reachable(&shared.url).await)
@@ -848,7 +861,10 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
                     let mut c = shared.conn.borrow_mut();
                     let c = &mut *c;
                     c.backoff.connection_ended(opened_for.unwrap_or(0));
-                    let delay = c.backoff.next_delay(&mut *c.random);
+                    let delay = match retry_ms {
+                        Some(floor) => c.backoff.next_delay_with_floor(&mut *c.random, floor),
+                        None => c.backoff.next_delay(&mut *c.random),
+                    };
                     (c.backoff.attempt(), delay)
                 };
                 shared.set(Input::Lost {
@@ -902,6 +918,7 @@ async fn connect(
         return End::Lost {
             opened_for: None,
             stalled: false,
+            retry_ms: None,
         };
     };
     let active = match shared.start(kind, gen, cred) {
@@ -910,12 +927,18 @@ async fn connect(
             return End::Lost {
                 opened_for: None,
                 stalled: false,
+                retry_ms: None,
             }
         }
     };
     shared.conn.borrow_mut().active = Some(active);
     let started = now_ms();
     let mut opened_at: Option<u64> = None;
+    // SSE watchdog: the announced heartbeat interval and retry hint, and when the stream last
+    // brought anything (an event or a heartbeat).
+    let mut heartbeat_ms: Option<u64> = None;
+    let mut retry_ms: Option<u64> = None;
+    let mut last_seen = started;
     let end = loop {
         let now = now_ms();
         let mut deadline: Option<u64> = None;
@@ -924,6 +947,17 @@ async fn connect(
             consider(started + shared.open_timeout_ms);
         } else if degraded {
             consider(opened_at.unwrap_or(now) + shared.climb_ms);
+        }
+        let watchdog = match (opened_at, heartbeat_ms) {
+            (Some(_), Some(h)) => Some(
+                last_seen
+                    .saturating_add(h.saturating_mul(2))
+                    .saturating_add(shared.heartbeat_slack_ms),
+            ),
+            _ => None,
+        };
+        if let Some(t) = watchdog {
+            consider(t);
         }
         // Refresh the token before it expires: a new auth frame on the WebSocket, a new
         // ticket (a reconnect from the same cursor) for SSE.
@@ -959,6 +993,7 @@ async fn connect(
                                 break End::Lost {
                                     opened_for: opened_at.map(|t| now - t),
                                     stalled: false,
+                                    retry_ms: None,
                                 }
                             }
                         }
@@ -970,11 +1005,22 @@ async fn connect(
                         shared.refetch(&r).await;
                     }
                 }
+                if watchdog.is_some_and(|t| now >= t) {
+                    // Neither an event nor a heartbeat: the stream stalled after it opened
+                    // (a proxy that stopped forwarding). It is closed and counts as a stall.
+                    warn("tidewire: the event stream stalled (no heartbeat)");
+                    break End::Lost {
+                        opened_for: opened_at.map(|t| now - t),
+                        stalled: true,
+                        retry_ms,
+                    };
+                }
                 match opened_at {
                     None if now >= started + shared.open_timeout_ms => {
                         break End::Lost {
                             opened_for: None,
                             stalled: true,
+                            retry_ms: None,
                         }
                     }
                     Some(t) if degraded && now >= t + shared.climb_ms => {
@@ -986,8 +1032,17 @@ async fn connect(
             }
             Some(Msg::Transport(g, _)) if g != gen => {}
             Some(Msg::Transport(_, m)) => match m {
+                TransportMsg::Heartbeat {
+                    heartbeat_ms: h,
+                    retry_ms: r,
+                } => {
+                    last_seen = now;
+                    heartbeat_ms = Some(h.max(1));
+                    retry_ms = Some(r);
+                }
                 TransportMsg::Opened => {
                     opened_at = Some(now);
+                    last_seen = now;
                     shared.conn.borrow_mut().ladder.opened(kind);
                     shared.set(Input::Opened {
                         transport: kind,
@@ -995,11 +1050,13 @@ async fn connect(
                     });
                 }
                 TransportMsg::Envelope(env) => {
+                    last_seen = now;
                     if let Some(retry_ms) = shared.dispatch(env).await {
                         shared.conn.borrow_mut().backoff.hint(retry_ms);
                         break End::Lost {
                             opened_for: opened_at.map(|t| now - t),
                             stalled: false,
+                            retry_ms: None,
                         };
                     }
                 }
@@ -1030,12 +1087,14 @@ async fn connect(
                     break End::Lost {
                         opened_for: opened_at.map(|t| now - t),
                         stalled: false,
+                        retry_ms: None,
                     };
                 }
                 TransportMsg::Stalled => {
                     break End::Lost {
                         opened_for: None,
                         stalled: opened_at.is_none() || kind == TransportKind::LongPoll,
+                        retry_ms: None,
                     }
                 }
             },
@@ -1065,12 +1124,27 @@ async fn connect(
                 break End::Lost {
                     opened_for: opened_at.map(|t| now - t),
                     stalled: false,
+                    retry_ms: None,
                 }
             }
             Some(Msg::Offline) => break End::Offline,
             Some(Msg::Online) | Some(Msg::Visible) | Some(Msg::Tick) => {}
             Some(Msg::Close) => break End::Close,
         }
+    };
+    // Whatever ended an SSE stream that announced the server's `retry:`, the next delay
+    // honours it as a floor.
+    let end = match end {
+        End::Lost {
+            opened_for,
+            stalled,
+            retry_ms: None,
+        } => End::Lost {
+            opened_for,
+            stalled,
+            retry_ms,
+        },
+        end => end,
     };
     let active = shared.conn.borrow_mut().active.take();
     drop(active);

@@ -57,6 +57,8 @@ pub struct SseRequest {
     pub presence: bool,
     /// `&client_id=`.
     pub client_id: Option<String>,
+    /// `&heartbeat=event`: heartbeats as named `heartbeat` events (see [`SseClient::heartbeats`]).
+    pub heartbeat_events: bool,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
 }
@@ -88,6 +90,12 @@ impl SseRequest {
         self
     }
 
+    /// Ask for heartbeats as named `heartbeat` events.
+    pub fn heartbeat_events(mut self) -> SseRequest {
+        self.heartbeat_events = true;
+        self
+    }
+
     /// Send a header.
     pub fn header(mut self, name: &str, value: &str) -> SseRequest {
         self.headers.push((name.to_owned(), value.to_owned()));
@@ -113,6 +121,7 @@ pub struct SseClient {
     raw: Arc<Mutex<Vec<u8>>>,
     last_id: Option<String>,
     retry: Option<Duration>,
+    heartbeats: Vec<serde_json::Value>,
 }
 
 impl std::fmt::Debug for SseClient {
@@ -148,6 +157,9 @@ impl SseClient {
         }
         if let Some(id) = &req.client_id {
             query.push(("client_id", id.clone()));
+        }
+        if req.heartbeat_events {
+            query.push(("heartbeat", "event".into()));
         }
         let mut builder = http
             .get(format!("{}/v1/sse", base.trim_end_matches('/')))
@@ -202,6 +214,7 @@ impl SseClient {
             raw,
             last_id: None,
             retry: None,
+            heartbeats: Vec::new(),
         })
     }
 
@@ -230,6 +243,11 @@ impl SseClient {
         self.retry
     }
 
+    /// The data of the named `heartbeat` events seen so far (`&heartbeat=event`), in order.
+    pub fn heartbeats(&self) -> &[serde_json::Value] {
+        &self.heartbeats
+    }
+
     /// The first [`RAW_KEEP`] bytes received, as text.
     pub fn raw_text(&self) -> String {
         self.raw
@@ -239,18 +257,29 @@ impl SseClient {
     }
 
     /// The next dispatched event, within `timeout`. [`Error::Closed`] when the stream ended.
+    /// Named `heartbeat` events are not returned: they are kept in [`SseClient::heartbeats`].
     pub async fn next(&mut self, timeout: Duration) -> Result<SseEvent> {
-        let item = tokio::time::timeout(timeout, self.events.next())
-            .await
-            .map_err(|_| Error::Timeout {
-                after: timeout,
-                what: "an SSE event".into(),
-            })?;
-        let event = match item {
-            None => return Err(Error::Closed(None)),
-            Some(Err(EventStreamError::Transport(e))) => return Err(Error::Http(e)),
-            Some(Err(e)) => return Err(Error::Sse(e.to_string())),
-            Some(Ok(event)) => event,
+        let deadline = tokio::time::Instant::now() + timeout;
+        let event = loop {
+            let item = tokio::time::timeout_at(deadline, self.events.next())
+                .await
+                .map_err(|_| Error::Timeout {
+                    after: timeout,
+                    what: "an SSE event".into(),
+                })?;
+            let event = match item {
+                None => return Err(Error::Closed(None)),
+                Some(Err(EventStreamError::Transport(e))) => return Err(Error::Http(e)),
+                Some(Err(e)) => return Err(Error::Sse(e.to_string())),
+                Some(Ok(event)) => event,
+            };
+            if event.event == "heartbeat" {
+                let data = serde_json::from_str(&event.data)
+                    .map_err(|e| Error::Sse(format!("heartbeat data {:?}: {e}", event.data)))?;
+                self.heartbeats.push(data);
+                continue;
+            }
+            break event;
         };
         if !event.id.is_empty() {
             self.last_id = Some(event.id.clone());

@@ -49,6 +49,13 @@ pub(crate) enum TransportMsg {
     },
     /// The transport got no answer within its bound (a buffering proxy).
     Stalled,
+    /// An SSE heartbeat: the server's heartbeat interval and its `retry:` hint.
+    Heartbeat {
+        /// Milliseconds between heartbeats when nothing else is sent.
+        heartbeat_ms: u64,
+        /// The server's reconnect delay hint (`retry:`).
+        retry_ms: u64,
+    },
 }
 
 /// Where a transport reports to.

@@ -13,6 +13,19 @@
 //!
 //! : hb
 //! ```
+//!
+//! With `&heartbeat=event` the heartbeat is a named event instead of a comment, also sent once
+//! right after `retry:`, so a browser `EventSource` (which hides comments and consumes
+//! `retry:`) can watch for stalls and learn the retry hint. It has no `id:`, so it never moves
+//! the cursor, and `onmessage` does not see it:
+//!
+//! ```text
+//! retry: 1000
+//! event: heartbeat
+//! data: {"heartbeat_ms":15000,"retry_ms":1000}
+//!
+//! id: board-1=41
+//! ```
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -41,6 +54,40 @@ pub struct SseQuery {
     since: Option<String>,
     presence: Option<String>,
     client_id: Option<String>,
+    heartbeat: Option<String>,
+}
+
+/// How heartbeats are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    /// `: hb` comments (the default).
+    Comment,
+    /// `event: heartbeat` events with the interval and the retry hint.
+    Event,
+}
+
+impl Heartbeat {
+    fn parse(v: Option<&str>) -> Result<Heartbeat> {
+        match v {
+            None | Some("comment") => Ok(Heartbeat::Comment),
+            Some("event") => Ok(Heartbeat::Event),
+            Some(other) => Err(Error::BadRequest(format!(
+                "query parameter `heartbeat` is `comment` or `event`, not `{other}`"
+            ))),
+        }
+    }
+}
+
+/// The bytes of one heartbeat.
+fn heartbeat_bytes(kind: Heartbeat, heartbeat: Duration, retry_ms: u64) -> Vec<u8> {
+    match kind {
+        Heartbeat::Comment => b": hb\n\n".to_vec(),
+        Heartbeat::Event => format!(
+            "event: heartbeat\ndata: {{\"heartbeat_ms\":{},\"retry_ms\":{retry_ms}}}\n\n",
+            heartbeat.as_millis()
+        )
+        .into_bytes(),
+    }
 }
 
 fn flag(v: Option<&str>) -> bool {
@@ -67,6 +114,7 @@ pub async fn handler(
 ) -> Result<Response> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     let rooms = parse_rooms(q.rooms.as_deref(), state.config.max_rooms_per_connection)?;
+    let beat = Heartbeat::parse(q.heartbeat.as_deref())?;
     let since = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -79,7 +127,11 @@ pub async fn handler(
     let mut session = Session::open(state.clone(), identity, "sse", q.client_id)?;
     let first = session.follow(&rooms, &since, presence).await?;
 
-    let mut head = format!("retry: {}\n", state.config.sse_retry_ms).into_bytes();
+    let retry_ms = state.config.sse_retry_ms;
+    let mut head = format!("retry: {retry_ms}\n").into_bytes();
+    if beat == Heartbeat::Event {
+        head.extend_from_slice(&heartbeat_bytes(beat, state.config.heartbeat(), retry_ms));
+    }
     head.extend_from_slice(format!("id: {}\n\n", session.cursor).as_bytes());
     for item in first {
         for ready in session.admit(item).await? {
@@ -89,7 +141,7 @@ pub async fn handler(
 
     let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, Infallible>>(2);
     tokio::spawn(async move {
-        if let Err(err) = run(session, tx, head, rooms, presence).await {
+        if let Err(err) = run(session, tx, head, rooms, presence, beat).await {
             tracing::debug!(%err, "sse stream ended with an error");
         }
     });
@@ -151,6 +203,7 @@ async fn run(
     head: Vec<u8>,
     rooms: Vec<String>,
     presence: bool,
+    beat: Heartbeat,
 ) -> Result<()> {
     let state = session.state.clone();
     let patience = state.config.idle_timeout();
@@ -187,6 +240,7 @@ async fn run(
             return Ok(());
         }
     }
+    let hb = heartbeat_bytes(beat, state.config.heartbeat(), state.config.sse_retry_ms);
     let mut heartbeat = tokio::time::interval(state.config.heartbeat());
     heartbeat.tick().await;
     let expires = session.expires_at();
@@ -247,7 +301,7 @@ async fn run(
             }
             _ = tx.closed() => return Ok(()),
             _ = heartbeat.tick() => {
-                if !send(&tx, &session.inbox, b": hb\n\n".to_vec(), patience).await {
+                if !send(&tx, &session.inbox, hb.clone(), patience).await {
                     return Ok(());
                 }
             }

@@ -220,3 +220,101 @@ async fn last_event_id_wins_over_since_and_missing_rooms_start_now() {
         "b was not replayed from 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_heartbeat_events_announce_interval_and_retry() {
+    let server = start(
+        Server::builder()
+            .flag("heartbeat-secs", 1)
+            .flag("sse-retry-ms", 1700),
+    );
+    let rest = server.rest();
+    rest.put("a", "x", &json!(1), &WriteOptions::default())
+        .await
+        .expect("put")
+        .ok();
+    let mut sse = SseClient::connect(
+        &server.url(),
+        &SseRequest::rooms(&["a"]).heartbeat_events(),
+    )
+    .await
+    .expect("SSE opens");
+    let raw = pump_until(&mut sse, T, |raw| raw.contains("\n\n") && raw.contains("id:")).await;
+    // retry:, then the heartbeat event at once, then the id-only cursor event.
+    let expected =
+        "retry: 1700\nevent: heartbeat\ndata: {\"heartbeat_ms\":1000,\"retry_ms\":1700}\n\nid: a=1\n\n";
+    assert!(raw.starts_with(expected), "prologue:\n{raw}");
+    assert_eq!(
+        sse.heartbeats(),
+        [json!({"heartbeat_ms": 1000, "retry_ms": 1700})]
+    );
+    // Named heartbeats keep coming while idle, and none moves the cursor or shows as a comment.
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while sse.heartbeats().len() < 3 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!left.is_zero(), "no periodic heartbeats:\n{}", sse.raw_text());
+        match sse.next(left.min(Duration::from_millis(200))).await {
+            Ok(ev) => panic!("no event expected, got {:?}", ev.envelope),
+            Err(Error::Timeout { .. }) => {}
+            Err(e) => panic!("stream failed: {e}"),
+        }
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "two periodic heartbeats 1 s apart came in {:?}",
+        started.elapsed()
+    );
+    let raw = sse.raw_text();
+    assert!(!raw.contains(": hb"), "no comment heartbeats:\n{raw}");
+    for block in raw.split("\n\n").filter(|b| b.contains("event: heartbeat")) {
+        assert!(!block.contains("id:"), "a heartbeat with an id: {block:?}");
+    }
+    // Live events still arrive as unnamed events with their cursor.
+    rest.put("a", "y", &json!(2), &WriteOptions::default())
+        .await
+        .expect("put")
+        .ok();
+    let ev = sse.next_durable(T).await.expect("live event");
+    assert_eq!((ev.envelope.seq, ev.id.as_str()), (Some(2), "a=2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_default_stream_has_no_heartbeat_events() {
+    let server = start(Server::builder().flag("heartbeat-secs", 1));
+    let mut sse = SseClient::connect(&server.url(), &SseRequest::rooms(&["a"]))
+        .await
+        .expect("SSE opens");
+    let raw = pump_until(&mut sse, Duration::from_secs(6), |raw| raw.contains(": hb")).await;
+    assert!(raw.starts_with("retry: 1000\nid: a=0\n\n"), "prologue:\n{raw}");
+    assert!(!raw.contains("event:"), "no named events by default:\n{raw}");
+    assert!(sse.heartbeats().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_bad_heartbeat_parameter_is_a_problem() {
+    let server = start(Server::builder());
+    for bad in ["events", "", "1"] {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/sse?rooms=a&heartbeat={bad}", server.url()))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), 400, "heartbeat={bad:?}");
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(ct.starts_with("application/problem+json"), "{ct}");
+        let body: serde_json::Value = resp.json().await.expect("json");
+        assert_eq!(body["code"], "bad_request", "{body}");
+    }
+    let ok = reqwest::Client::new()
+        .get(format!("{}/v1/sse?rooms=a&heartbeat=comment", server.url()))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(ok.status().as_u16(), 200, "`comment` is the explicit default");
+}
