@@ -231,7 +231,11 @@ mod tests {
         let mut b = Backoff::new(cfg());
         assert_eq!(b.next_delay_with_floor(&mut || 0.0, 1_500), 1_500);
         assert_eq!(b.next_delay_with_floor(&mut || 0.5, 1_500), 1_600);
-        assert_eq!(b.attempt(), 2, "a floored delay is an attempt like any other");
+        assert_eq!(
+            b.attempt(),
+            2,
+            "a floored delay is an attempt like any other"
+        );
         assert_eq!(
             b.next_delay_with_floor(&mut || 0.0, 10_000_000),
             120_000,

@@ -948,12 +948,16 @@ async fn connect(
         } else if degraded {
             consider(opened_at.unwrap_or(now) + shared.climb_ms);
         }
-        let watchdog = match (opened_at, heartbeat_ms) {
-            (Some(_), Some(h)) => Some(
+        // The server sends its first heartbeat right after the headers, so an SSE stream
+        // without one within the open bound is held by a proxy as surely as one that never
+        // opened.
+        let watchdog = match (kind, opened_at, heartbeat_ms) {
+            (TransportKind::Sse, Some(_), Some(h)) => Some(
                 last_seen
                     .saturating_add(h.saturating_mul(2))
                     .saturating_add(shared.heartbeat_slack_ms),
             ),
+            (TransportKind::Sse, Some(t), None) => Some(t + shared.open_timeout_ms),
             _ => None,
         };
         if let Some(t) = watchdog {
@@ -1010,7 +1014,7 @@ async fn connect(
                     // (a proxy that stopped forwarding). It is closed and counts as a stall.
                     warn("tidewire: the event stream stalled (no heartbeat)");
                     break End::Lost {
-                        opened_for: opened_at.map(|t| now - t),
+                        opened_for: heartbeat_ms.and(opened_at).map(|t| now - t),
                         stalled: true,
                         retry_ms,
                     };

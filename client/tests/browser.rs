@@ -664,3 +664,145 @@ async fn one_connection_carries_every_room_and_adding_one_loses_nothing() {
     assert_eq!(b.items()[0].value, json!(3));
     client.close();
 }
+
+/// The harness server's `--heartbeat-secs`, in milliseconds.
+const HEARTBEAT_MS: u64 = 2_000;
+
+#[wasm_bindgen_test]
+async fn sse_frozen_after_it_opened_is_detected_by_the_heartbeat_watchdog() {
+    let _serial = serial().await;
+    let slack = 500;
+    let mut o = options(PROXY, None);
+    o.heartbeat_slack_ms = slack;
+    o.open_timeout_ms = 1_500;
+    o.climb_ms = 3_000;
+    o.long_poll_wait_secs = 2;
+    let client = Client::new(o).unwrap();
+    let (states, _s) = record_states(&client);
+    let name = unique("freeze");
+    let room = client.room(&name).unwrap();
+    let seqs = Rc::new(RefCell::new(Vec::<u64>::new()));
+    let s = seqs.clone();
+    let _u = room.subscribe(move |u| {
+        if let Cause::Event(env) = &u.event {
+            s.borrow_mut().push(env.seq.unwrap());
+        }
+    });
+    assert!(
+        wait_until(5_000, || client.state() == ConnState::Open
+            && client.transport() == Some(TransportKind::Sse))
+        .await
+    );
+    for i in 0..3 {
+        server_put(&name, &format!("before{i}"), json!(i)).await;
+    }
+    assert!(wait_until(5_000, || room.seq() == 3).await);
+    let seen_before = states.borrow().len();
+
+    ctl("/sse-freeze?on=1").await;
+    let frozen_at = js_sys::Date::now();
+    for i in 0..5 {
+        server_put(&name, &format!("during{i}"), json!(i)).await;
+    }
+    let bound = 2 * HEARTBEAT_MS + slack;
+    let detected = wait_until(bound + 5_000, || {
+        states.borrow().len() > seen_before && client.state() != ConnState::Open
+    })
+    .await;
+    let after_ms = (js_sys::Date::now() - frozen_at) as u64;
+    let fell_back = detected
+        && wait_until(5_000, || {
+            client.state() == ConnState::Degraded
+                && client.transport() == Some(TransportKind::LongPoll)
+        })
+        .await;
+    if !fell_back {
+        ctl("/sse-freeze?on=0").await;
+        panic!(
+            "the frozen stream was not detected: {:?} {:?}",
+            client.state(),
+            client.transport()
+        );
+    }
+    web_sys::console::log_1(
+        &format!("frozen stream detected after {after_ms} ms (bound {bound} ms)").into(),
+    );
+    // The last byte came at most one heartbeat interval before the freeze.
+    assert!(
+        after_ms <= bound + 2_000,
+        "detected after {after_ms} ms, bound {bound} ms"
+    );
+    assert!(
+        wait_until(6_000, || room.seq() == 8).await,
+        "long-poll delivers what was written during the freeze: seq {}",
+        room.seq()
+    );
+
+    ctl("/sse-freeze?on=0").await;
+    for i in 0..2 {
+        server_put(&name, &format!("after{i}"), json!(i)).await;
+    }
+    assert!(
+        wait_until(12_000, || client.state() == ConnState::Open
+            && client.transport() == Some(TransportKind::Sse))
+        .await,
+        "climbed back to SSE: {:?} {:?}",
+        client.state(),
+        client.transport()
+    );
+    server_put(&name, "sse", json!(1)).await;
+    assert!(
+        wait_until(5_000, || room.seq() == 11).await,
+        "seq {}",
+        room.seq()
+    );
+    assert_eq!(
+        *seqs.borrow(),
+        (1..=11).collect::<Vec<u64>>(),
+        "every event once, in order"
+    );
+    assert_eq!(room.items().len(), 11);
+    client.close();
+}
+
+#[wasm_bindgen_test]
+async fn the_sse_retry_hint_is_the_floor_of_the_next_reconnect_delay() {
+    let _serial = serial().await;
+    // The harness server announces the default `retry: 1000`; the backoff alone would wait
+    // at most 20 ms.
+    const RETRY_MS: u64 = 1_000;
+    let mut o = options(URL, Some(TransportKind::Sse));
+    o.backoff.base_ms = 20;
+    o.backoff.cap_ms = 20;
+    let client = Client::new(o).unwrap();
+    let (states, _s) = record_states(&client);
+    let name = unique("retry");
+    let room = client.room(&name).unwrap();
+    assert!(wait_until(5_000, || client.state() == ConnState::Open).await);
+    server_put(&name, "a", json!(1)).await;
+    assert!(wait_until(3_000, || room.seq() == 1).await);
+    ctl("/restart").await;
+    let delays = || {
+        states
+            .borrow()
+            .iter()
+            .filter_map(|c| match c.state {
+                ConnState::Reconnecting { delay_ms, .. } => Some(delay_ms),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(5_000, || !delays().is_empty()).await);
+    let first = delays()[0];
+    assert!(
+        (RETRY_MS..RETRY_MS + 20).contains(&first),
+        "retry: {RETRY_MS} plus at most the 20 ms jitter window, got {first} ({:?})",
+        delays()
+    );
+    server_put(&name, "b", json!(2)).await;
+    assert!(
+        wait_until(8_000, || room.seq() == 2).await,
+        "resumed after the restart"
+    );
+    client.close();
+}

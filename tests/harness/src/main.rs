@@ -10,9 +10,13 @@
 //!   a database in a fresh temporary directory.
 //! - A control API with open CORS listens on `--ctl-port`: `POST /restart` (kill the server and
 //!   start it again on the same port and database; `?graceful=1` sends SIGTERM first),
-//!   `POST /stop`, `POST /start`, `POST /sse-stall?on=1|0`, `GET /health`.
+//!   `POST /stop`, `POST /start`, `POST /sse-stall?on=1|0`, `POST /sse-freeze?on=1|0`,
+//!   `GET /health`.
 //! - A reverse proxy listens on `--proxy-port` in front of the server. While SSE stalling is
-//!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would.
+//!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would. While
+//!   SSE freezing is on, it stops forwarding the bytes of `/v1/sse` streams, those already
+//!   open included, without closing them (a proxy that hangs mid-stream); what it holds is
+//!   forwarded when freezing is turned off.
 //! - A second server with auth on (`--jwt-secret`, a free port) for the auth browser tests;
 //!   `POST /token?sub=&read=a,b&write=a,b&ttl=3` on the control API mints an HS256 token for
 //!   it (`read`/`write` are comma-separated room patterns, `ttl` in seconds).
@@ -40,7 +44,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
@@ -235,6 +239,8 @@ fn free_port() -> Result<u16> {
 struct Ctl {
     server: Mutex<Server>,
     stall_sse: AtomicBool,
+    /// While true, `/v1/sse` response bytes are held (see the module docs).
+    freeze_sse: tokio::sync::watch::Sender<bool>,
     upstream: String,
     http: reqwest::Client,
 }
@@ -278,6 +284,12 @@ async fn sse_stall(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Respons
     (if on { "sse stalled" } else { "sse flowing" }).into_response()
 }
 
+async fn sse_freeze(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Response {
+    let on = f.on.is_none() || truthy(&f.on);
+    ctl.freeze_sse.send_replace(on);
+    (if on { "sse frozen" } else { "sse thawed" }).into_response()
+}
+
 /// The reverse proxy in front of the server.
 async fn proxy(State(ctl): State<Shared>, req: Request) -> Response {
     let path_q = req
@@ -285,7 +297,8 @@ async fn proxy(State(ctl): State<Shared>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    if req.uri().path() == "/v1/sse" && ctl.stall_sse.load(Ordering::SeqCst) {
+    let is_sse = req.uri().path() == "/v1/sse";
+    if is_sse && ctl.stall_sse.load(Ordering::SeqCst) {
         // A buffering proxy: hold the response without a byte (bounded).
         tokio::time::sleep(Duration::from_secs(120)).await;
         return StatusCode::GATEWAY_TIMEOUT.into_response();
@@ -317,7 +330,20 @@ async fn proxy(State(ctl): State<Shared>, req: Request) -> Response {
                 }
             }
             let stream = resp.bytes_stream().map_err(std::io::Error::other);
-            out.body(Body::from_stream(stream))
+            let body = if is_sse {
+                // Each chunk waits while frozen; upstream is not read meanwhile.
+                let gate = ctl.freeze_sse.subscribe();
+                Body::from_stream(stream.then(move |chunk| {
+                    let mut gate = gate.clone();
+                    async move {
+                        let _ = gate.wait_for(|frozen| !*frozen).await;
+                        chunk
+                    }
+                }))
+            } else {
+                Body::from_stream(stream)
+            };
+            out.body(body)
                 .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
@@ -376,6 +402,7 @@ async fn main() -> Result<()> {
     let ctl: Shared = Arc::new(Ctl {
         server: Mutex::new(server),
         stall_sse: AtomicBool::new(false),
+        freeze_sse: tokio::sync::watch::channel(false).0,
         upstream: upstream.clone(),
         http: reqwest::Client::builder()
             .no_proxy()
@@ -389,6 +416,7 @@ async fn main() -> Result<()> {
         .route("/stop", post(stop))
         .route("/start", post(start))
         .route("/sse-stall", post(sse_stall))
+        .route("/sse-freeze", post(sse_freeze))
         .route("/token", post(token))
         .layer(cors)
         .with_state(ctl.clone());

@@ -233,13 +233,13 @@ async fn sse_heartbeat_events_announce_interval_and_retry() {
         .await
         .expect("put")
         .ok();
-    let mut sse = SseClient::connect(
-        &server.url(),
-        &SseRequest::rooms(&["a"]).heartbeat_events(),
-    )
-    .await
-    .expect("SSE opens");
-    let raw = pump_until(&mut sse, T, |raw| raw.contains("\n\n") && raw.contains("id:")).await;
+    let mut sse = SseClient::connect(&server.url(), &SseRequest::rooms(&["a"]).heartbeat_events())
+        .await
+        .expect("SSE opens");
+    let raw = pump_until(&mut sse, T, |raw| {
+        raw.contains("\n\n") && raw.contains("id:")
+    })
+    .await;
     // retry:, then the heartbeat event at once, then the id-only cursor event.
     let expected =
         "retry: 1700\nevent: heartbeat\ndata: {\"heartbeat_ms\":1000,\"retry_ms\":1700}\n\nid: a=1\n\n";
@@ -253,7 +253,11 @@ async fn sse_heartbeat_events_announce_interval_and_retry() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     while sse.heartbeats().len() < 3 {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        assert!(!left.is_zero(), "no periodic heartbeats:\n{}", sse.raw_text());
+        assert!(
+            !left.is_zero(),
+            "no periodic heartbeats:\n{}",
+            sse.raw_text()
+        );
         match sse.next(left.min(Duration::from_millis(200))).await {
             Ok(ev) => panic!("no event expected, got {:?}", ev.envelope),
             Err(Error::Timeout { .. }) => {}
@@ -286,8 +290,14 @@ async fn sse_default_stream_has_no_heartbeat_events() {
         .await
         .expect("SSE opens");
     let raw = pump_until(&mut sse, Duration::from_secs(6), |raw| raw.contains(": hb")).await;
-    assert!(raw.starts_with("retry: 1000\nid: a=0\n\n"), "prologue:\n{raw}");
-    assert!(!raw.contains("event:"), "no named events by default:\n{raw}");
+    assert!(
+        raw.starts_with("retry: 1000\nid: a=0\n\n"),
+        "prologue:\n{raw}"
+    );
+    assert!(
+        !raw.contains("event:"),
+        "no named events by default:\n{raw}"
+    );
     assert!(sse.heartbeats().is_empty());
 }
 
@@ -316,5 +326,9 @@ async fn sse_bad_heartbeat_parameter_is_a_problem() {
         .send()
         .await
         .expect("answer");
-    assert_eq!(ok.status().as_u16(), 200, "`comment` is the explicit default");
+    assert_eq!(
+        ok.status().as_u16(),
+        200,
+        "`comment` is the explicit default"
+    );
 }
