@@ -3,14 +3,18 @@
 //! so REST calls carry a fresh `Authorization: Bearer`, SSE opens with a fresh ticket and an
 //! open WebSocket gets a fresh `auth` frame.
 //!
+//! Each client has its own source (given in its options), so two clients of one server may
+//! use different tokens.
+//!
 //! ```ignore
 //! // JS: new Client({ url, getToken: async () => (await fetch('/my-token')).text() })
-//! tidewire_client::auth::register("http://127.0.0.1:8080", get_token_function);
-//! let token = tidewire_client::auth::for_url("http://127.0.0.1:8080/v1/poll").unwrap().token().await?;
+//! let source = std::rc::Rc::new(tidewire_client::auth::TokenSource::new(get_token_function));
+//! let mut options = tidewire_client::Options::new("http://127.0.0.1:8080");
+//! options.token = Some(source.clone());
+//! let token = source.token().await?;
 //! ```
 
 use std::cell::RefCell;
-use std::rc::Rc;
 
 use js_sys::{Function, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
@@ -27,41 +31,16 @@ struct Cached {
     got_ms: f64,
 }
 
-/// The token callback of one server URL, with the last token it gave.
+/// A client's token callback, with the last token it gave.
 pub struct TokenSource {
     get: Function,
     cached: RefCell<Option<Cached>>,
 }
 
-thread_local! {
-    static SOURCES: RefCell<Vec<(String, Rc<TokenSource>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Uses `get` (a function answering a token or a promise of one) for every request to `base`.
-pub fn register(base: &str, get: Function) {
-    let base = base.trim_end_matches('/').to_owned();
-    let source = Rc::new(TokenSource {
-        get,
-        cached: RefCell::new(None),
-    });
-    SOURCES.with(|s| {
-        let mut s = s.borrow_mut();
-        s.retain(|(b, _)| *b != base);
-        s.push((base, source));
-    });
-}
-
-/// The token source for a request to `url`, if its server has one.
-pub fn for_url(url: &str) -> Option<Rc<TokenSource>> {
-    SOURCES.with(|s| {
-        s.borrow()
-            .iter()
-            .find(|(b, _)| {
-                url.strip_prefix(b.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-            })
-            .map(|(_, src)| src.clone())
-    })
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource").finish_non_exhaustive()
+    }
 }
 
 /// `exp` of a JWT in milliseconds, read from its payload (not verified: the server does that).
@@ -85,6 +64,14 @@ pub fn jwt_exp_ms(token: &str) -> Option<f64> {
 }
 
 impl TokenSource {
+    /// A source calling `get` (a function answering a token or a promise of one).
+    pub fn new(get: Function) -> TokenSource {
+        TokenSource {
+            get,
+            cached: RefCell::new(None),
+        }
+    }
+
     /// When the current token should be replaced (ms since the epoch); `None` when there is
     /// none yet or its expiry is unknown.
     pub fn refresh_at(&self) -> Option<f64> {

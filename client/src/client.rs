@@ -28,6 +28,7 @@ use tidewire_protocol::{
     validate_item_id, validate_room, ClientFrame, Cursor, Envelope, Event, Member, RawAppEvent,
 };
 
+use crate::auth::TokenSource;
 use crate::backoff::{Backoff, BackoffConfig, Random};
 use crate::http;
 use crate::ladder::{Ladder, Outcome};
@@ -65,6 +66,9 @@ pub struct Options {
     pub client_id: Option<String>,
     /// The random source for jitter; `Math.random` when `None`.
     pub random: Option<Box<dyn Random>>,
+    /// With auth on: where this client's tokens come from (`getToken`). Each client has its
+    /// own, also for the same server.
+    pub token: Option<Rc<TokenSource>>,
 }
 
 impl Options {
@@ -83,6 +87,7 @@ impl Options {
             write_retries: 8,
             client_id: None,
             random: None,
+            token: None,
         }
     }
 }
@@ -247,6 +252,8 @@ struct Conn {
 
 pub(crate) struct Shared {
     url: String,
+    /// The server and this client's token source, for every REST call.
+    api: http::Endpoint,
     forced: Option<TransportKind>,
     open_timeout_ms: u64,
     heartbeat_slack_ms: u64,
@@ -320,7 +327,12 @@ impl Client {
         let random: Box<dyn Random> = options
             .random
             .unwrap_or_else(|| Box::new(js_sys::Math::random));
+        let api = match options.token {
+            Some(source) => http::Endpoint::with_token(&options.url, source),
+            None => http::Endpoint::new(&options.url),
+        };
         let shared = Rc::new(Shared {
+            api,
             url: options.url,
             forced: options.transport,
             open_timeout_ms: options.open_timeout_ms,
@@ -595,7 +607,7 @@ impl Shared {
 
     /// Fetches a room's snapshot and loads it.
     async fn refetch(&self, room: &RoomShared) -> bool {
-        match http::snapshot(&self.url, &room.name).await {
+        match http::snapshot(&self.api, &room.name).await {
             Ok(snap) => {
                 self.load_snapshot(room, snap);
                 true
@@ -696,7 +708,7 @@ impl Shared {
                 Active::Ws(WsTransport::open(&self.ws_url(), first, sink)?)
             }
             TransportKind::LongPoll => Active::Poll(PollLoop::long_poll(
-                self.url.clone(),
+                self.api.clone(),
                 names.join(","),
                 self.cursor().to_string(),
                 self.long_poll_wait_secs,
@@ -704,7 +716,7 @@ impl Shared {
                 sink,
             )),
             TransportKind::Poll => Active::Poll(PollLoop::snapshots(
-                self.url.clone(),
+                self.api.clone(),
                 names,
                 self.poll_interval_ms,
                 sink,
@@ -908,9 +920,9 @@ async fn connect(
         c.gen
     };
     // With auth on: a ticket for SSE, a token for the WebSocket's first frame.
-    let source = crate::auth::for_url(&shared.url);
+    let source = shared.api.token_source().cloned();
     let cred = match (&source, kind) {
-        (Some(_), TransportKind::Sse) => http::ticket(&shared.url).await.map(Some),
+        (Some(_), TransportKind::Sse) => http::ticket(&shared.api).await.map(Some),
         (Some(src), TransportKind::Ws) => src.token().await.map(Some),
         _ => Ok(None),
     };
@@ -1253,7 +1265,7 @@ impl Room {
     pub async fn publish(&self, event_type: &str, data: Value) -> Result<Envelope, Error> {
         tidewire_protocol::validate_event_type(event_type)?;
         let key = self.shared.next_key();
-        let env = http::publish(&self.shared.url, &self.room.name, event_type, &data, &key).await?;
+        let env = http::publish(&self.shared.api, &self.room.name, event_type, &data, &key).await?;
         self.shared.apply_durable(&self.room, env.clone());
         Ok(env)
     }
@@ -1313,10 +1325,10 @@ impl Room {
                 Some(ack) => ack.await,
                 None => match &op {
                     WriteOp::Put(v) => {
-                        http::put(&self.shared.url, &self.room.name, id, v, &key, expected).await
+                        http::put(&self.shared.api, &self.room.name, id, v, &key, expected).await
                     }
                     WriteOp::Delete => {
-                        http::delete(&self.shared.url, &self.room.name, id, &key, expected).await
+                        http::delete(&self.shared.api, &self.room.name, id, &key, expected).await
                     }
                 },
             };

@@ -5,10 +5,16 @@
 //! (`application/problem+json`) become [`Error::Server`] with the problem's code; a request
 //! that never got an answer is [`Error::Network`].
 //!
+//! Every call takes an [`Endpoint`]: the server's base URL and, with auth on, the token
+//! source whose token goes in `Authorization: Bearer`.
+//!
 //! ```ignore
-//! let snap = tidewire_client::http::snapshot("http://127.0.0.1:8080", "board-1").await?;
+//! let server = tidewire_client::http::Endpoint::new("http://127.0.0.1:8080");
+//! let snap = tidewire_client::http::snapshot(&server, "board-1").await?;
 //! println!("{} items at seq {}", snap.items.len(), snap.seq);
 //! ```
+
+use std::rc::Rc;
 
 use js_sys::JSON;
 use serde::de::DeserializeOwned;
@@ -18,7 +24,43 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, Headers, RequestInit, Response};
 
+use crate::auth::TokenSource;
 use crate::Error;
+
+/// A server to call: its base URL and, with auth on, where its tokens come from.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    base: String,
+    auth: Option<Rc<TokenSource>>,
+}
+
+impl Endpoint {
+    /// A server at `base` (e.g. `http://127.0.0.1:8080`), without credentials.
+    pub fn new(base: &str) -> Endpoint {
+        Endpoint {
+            base: base.trim_end_matches('/').to_owned(),
+            auth: None,
+        }
+    }
+
+    /// A server at `base` whose requests carry a token from `source`.
+    pub fn with_token(base: &str, source: Rc<TokenSource>) -> Endpoint {
+        Endpoint {
+            auth: Some(source),
+            ..Endpoint::new(base)
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The token source, when requests carry a token.
+    pub fn token_source(&self) -> Option<&Rc<TokenSource>> {
+        self.auth.as_ref()
+    }
+}
 
 fn bad_json(e: impl std::fmt::Display) -> Error {
     Error::Protocol(tidewire_protocol::ProtocolError::BadJson(e.to_string()))
@@ -64,8 +106,9 @@ fn js_error_text(e: &JsValue) -> String {
         .unwrap_or_else(|| "request failed".to_owned())
 }
 
-/// One request. `body` is JSON text.
+/// One request. `body` is JSON text; the token of `auth`, if any, goes in `Authorization`.
 pub(crate) async fn request(
+    auth: Option<&TokenSource>,
     method: &str,
     url: &str,
     body: Option<&str>,
@@ -83,7 +126,7 @@ pub(crate) async fn request(
         h.set(name, value)
             .map_err(|e| Error::Network(js_error_text(&e)))?;
     }
-    if let Some(source) = crate::auth::for_url(url) {
+    if let Some(source) = auth {
         let token = source.token().await?;
         h.set("Authorization", &format!("Bearer {token}"))
             .map_err(|e| Error::Network(js_error_text(&e)))?;
@@ -160,15 +203,15 @@ fn enc(s: &str) -> String {
 }
 
 /// `GET /v1/rooms/{room}/snapshot`.
-pub async fn snapshot(base: &str, room: &str) -> Result<Snapshot, Error> {
-    let url = format!("{base}/v1/rooms/{}/snapshot", enc(room));
-    from_js(request("GET", &url, None, &[], None).await?)
+pub async fn snapshot(server: &Endpoint, room: &str) -> Result<Snapshot, Error> {
+    let url = format!("{}/v1/rooms/{}/snapshot", server.base, enc(room));
+    from_js(request(server.auth.as_deref(), "GET", &url, None, &[], None).await?)
 }
 
 /// `GET /v1/rooms/{room}/presence`.
-pub async fn presence(base: &str, room: &str) -> Result<PresenceList, Error> {
-    let url = format!("{base}/v1/rooms/{}/presence", enc(room));
-    from_js(request("GET", &url, None, &[], None).await?)
+pub async fn presence(server: &Endpoint, room: &str) -> Result<PresenceList, Error> {
+    let url = format!("{}/v1/rooms/{}/presence", server.base, enc(room));
+    from_js(request(server.auth.as_deref(), "GET", &url, None, &[], None).await?)
 }
 
 /// `GET /healthz` answered.
@@ -193,19 +236,20 @@ fn write_headers(key: &str, if_match: Option<u64>) -> Vec<(&'static str, String)
 
 /// `PUT /v1/rooms/{room}/items/{id}` with an idempotency key and optional `If-Match`.
 pub async fn put(
-    base: &str,
+    server: &Endpoint,
     room: &str,
     id: &str,
     value: &Value,
     key: &str,
     if_match: Option<u64>,
 ) -> Result<Envelope, Error> {
-    let url = format!("{base}/v1/rooms/{}/items/{}", enc(room), enc(id));
+    let url = format!("{}/v1/rooms/{}/items/{}", server.base, enc(room), enc(id));
     let body = serde_json::to_string(value).map_err(|e| Error::BadOption {
         name: "value",
         reason: e.to_string(),
     })?;
     let js = request(
+        server.auth.as_deref(),
         "PUT",
         &url,
         Some(&body),
@@ -218,28 +262,37 @@ pub async fn put(
 
 /// `DELETE /v1/rooms/{room}/items/{id}` with an idempotency key and optional `If-Match`.
 pub async fn delete(
-    base: &str,
+    server: &Endpoint,
     room: &str,
     id: &str,
     key: &str,
     if_match: Option<u64>,
 ) -> Result<Envelope, Error> {
-    let url = format!("{base}/v1/rooms/{}/items/{}", enc(room), enc(id));
-    let js = request("DELETE", &url, None, &write_headers(key, if_match), None).await?;
+    let url = format!("{}/v1/rooms/{}/items/{}", server.base, enc(room), enc(id));
+    let js = request(
+        server.auth.as_deref(),
+        "DELETE",
+        &url,
+        None,
+        &write_headers(key, if_match),
+        None,
+    )
+    .await?;
     envelope_from_js(js)
 }
 
 /// `POST /v1/rooms/{room}/events`: appends an application event.
 pub async fn publish(
-    base: &str,
+    server: &Endpoint,
     room: &str,
     event_type: &str,
     data: &Value,
     key: &str,
 ) -> Result<Envelope, Error> {
-    let url = format!("{base}/v1/rooms/{}/events", enc(room));
+    let url = format!("{}/v1/rooms/{}/events", server.base, enc(room));
     let body = serde_json::json!({"type": event_type, "data": data}).to_string();
     let js = request(
+        server.auth.as_deref(),
         "POST",
         &url,
         Some(&body),
@@ -251,29 +304,30 @@ pub async fn publish(
 }
 
 /// `POST /v1/tickets`: a single-use ticket for `?ticket=` (auth on; the Bearer token comes
-/// from the `getToken` of `base`).
-pub(crate) async fn ticket(base: &str) -> Result<String, Error> {
+/// from the endpoint's token source).
+pub(crate) async fn ticket(server: &Endpoint) -> Result<String, Error> {
     #[derive(serde::Deserialize)]
     struct Ticket {
         ticket: String,
     }
-    let url = format!("{base}/v1/tickets");
-    let t: Ticket = from_js(request("POST", &url, None, &[], None).await?)?;
+    let url = format!("{}/v1/tickets", server.base);
+    let t: Ticket = from_js(request(server.auth.as_deref(), "POST", &url, None, &[], None).await?)?;
     Ok(t.ticket)
 }
 
 /// `GET /v1/poll`: waits up to `wait` seconds for events after `since`.
 pub(crate) async fn poll(
-    base: &str,
+    server: &Endpoint,
     rooms: &str,
     since: &str,
     wait: u32,
     signal: Option<&AbortSignal>,
 ) -> Result<PollResponse, Error> {
     let url = format!(
-        "{base}/v1/poll?rooms={}&since={}&wait={wait}",
+        "{}/v1/poll?rooms={}&since={}&wait={wait}",
+        server.base,
         enc(rooms),
         enc(since)
     );
-    from_js(request("GET", &url, None, &[], signal).await?)
+    from_js(request(server.auth.as_deref(), "GET", &url, None, &[], signal).await?)
 }

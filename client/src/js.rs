@@ -290,7 +290,7 @@ impl JsClient {
         match Reflect::get(&raw, &"getToken".into()) {
             Ok(f) if f.is_function() => {
                 if let Ok(f) = f.dyn_into::<Function>() {
-                    crate::auth::register(&parsed.url, f);
+                    o.token = Some(std::rc::Rc::new(crate::auth::TokenSource::new(f)));
                 }
             }
             Ok(f) if !f.is_undefined() && !f.is_null() => {

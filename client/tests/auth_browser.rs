@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use gloo_timers::future::TimeoutFuture;
 use serde_json::json;
+use tidewire_client::auth::TokenSource;
 use tidewire_client::state::{ConnState, TransportKind};
 use tidewire_client::{http, Cause, Client, Options};
 use wasm_bindgen::prelude::*;
@@ -27,29 +28,32 @@ const CTL: &str = match option_env!("TIDEWIRE_CTL_URL") {
     None => "http://127.0.0.1:18081",
 };
 
-/// A token from the harness, living `ttl` seconds.
-async fn mint(sub: &str, ttl: u32) -> Result<JsValue, JsValue> {
+/// A token from the harness for rooms matching `rooms`, living `ttl` seconds.
+async fn mint(sub: &str, rooms: &str, ttl: u32) -> Result<JsValue, JsValue> {
     let window = web_sys::window().ok_or("no window")?;
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
-    let url = format!("{CTL}/token?sub={sub}&read=auth-*&write=auth-*&ttl={ttl}");
+    let url = format!("{CTL}/token?sub={sub}&read={rooms}&write={rooms}&ttl={ttl}");
     let resp: web_sys::Response = JsFuture::from(window.fetch_with_str_and_init(&url, &init))
         .await?
         .dyn_into()?;
     JsFuture::from(resp.text()?).await
 }
 
-/// Registers a `getToken` for the auth server answering 3-second tokens; counts its calls.
-fn use_short_tokens(sub: &'static str) -> Rc<Cell<u32>> {
+/// A `getToken` answering tokens of `sub` for `rooms` living `ttl` seconds; counts its calls.
+fn token_source(
+    sub: &'static str,
+    rooms: &'static str,
+    ttl: u32,
+) -> (Rc<TokenSource>, Rc<Cell<u32>>) {
     let calls = Rc::new(Cell::new(0));
     let c = calls.clone();
     let get = Closure::<dyn FnMut() -> js_sys::Promise>::new(move || {
         c.set(c.get() + 1);
-        wasm_bindgen_futures::future_to_promise(mint(sub, 3))
+        wasm_bindgen_futures::future_to_promise(mint(sub, rooms, ttl))
     });
     let f: js_sys::Function = get.into_js_value().unchecked_into();
-    tidewire_client::auth::register(AUTH_URL, f);
-    calls
+    (Rc::new(TokenSource::new(f)), calls)
 }
 
 async fn wait_until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
@@ -66,8 +70,10 @@ async fn wait_until(ms: u64, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 async fn stays_live_across_expiry(kind: TransportKind) {
-    let calls = use_short_tokens("browser");
+    let (source, calls) = token_source("browser", "auth-*", 3);
+    let writer = http::Endpoint::with_token(AUTH_URL, source.clone());
     let mut o = Options::new(AUTH_URL);
+    o.token = Some(source);
     o.transport = Some(kind);
     o.backoff.base_ms = 100;
     o.backoff.cap_ms = 1_000;
@@ -93,7 +99,7 @@ async fn stays_live_across_expiry(kind: TransportKind) {
     const N: u64 = 14;
     for i in 0..N {
         let key = format!("k-{name}-{i}");
-        http::put(AUTH_URL, &name, &format!("i{i}"), &json!(i), &key, None)
+        http::put(&writer, &name, &format!("i{i}"), &json!(i), &key, None)
             .await
             .expect("a write with a fresh Bearer token succeeds");
         TimeoutFuture::new(500).await;
@@ -134,4 +140,54 @@ async fn get_token_keeps_sse_live_across_expiry() {
 #[wasm_bindgen_test]
 async fn get_token_keeps_websocket_live_across_expiry() {
     stays_live_across_expiry(TransportKind::Ws).await;
+}
+
+#[wasm_bindgen_test]
+async fn two_clients_of_one_server_each_use_their_own_get_token() {
+    // Each token may only read and write its own client's rooms: a client using the other's
+    // token would be refused (403 forbidden) and never open.
+    let (source_a, calls_a) = token_source("alice", "auth-alice-*", 60);
+    let (source_b, calls_b) = token_source("bob", "auth-bob-*", 60);
+    let stamp = js_sys::Date::now() as u64;
+    let mut clients = Vec::new();
+    for (source, room) in [
+        (source_a, format!("auth-alice-{stamp}")),
+        (source_b, format!("auth-bob-{stamp}")),
+    ] {
+        let mut o = Options::new(AUTH_URL);
+        o.transport = Some(TransportKind::Sse);
+        o.backoff.base_ms = 100;
+        o.backoff.cap_ms = 500;
+        o.token = Some(source);
+        let client = Client::new(o).unwrap();
+        let r = client.room(&room).unwrap();
+        clients.push((client, r));
+    }
+    for (client, room) in &clients {
+        assert!(
+            wait_until(8_000, || client.state() == ConnState::Open).await,
+            "{} never opened: {:?}",
+            room.name(),
+            client.state()
+        );
+        // A write through the client carries its own token.
+        room.put("x", json!(room.name()))
+            .await
+            .expect("a write allowed by this client's token");
+        assert!(wait_until(5_000, || room.seq() == 1).await);
+    }
+    assert!(calls_a.get() >= 1, "alice's getToken was called");
+    assert!(calls_b.get() >= 1, "bob's getToken was called");
+    // And the other way round: alice's token does not open bob's room.
+    let (alice_again, _) = token_source("alice", "auth-alice-*", 60);
+    let err = http::snapshot(
+        &http::Endpoint::with_token(AUTH_URL, alice_again),
+        clients[1].1.name(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "forbidden");
+    for (client, _) in &clients {
+        client.close();
+    }
 }

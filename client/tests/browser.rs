@@ -104,7 +104,7 @@ fn record_states(
 async fn server_put(room: &str, id: &str, value: Value) -> Envelope {
     let key = unique("k");
     for _ in 0..200 {
-        match http::put(URL, room, id, &value, &key, None).await {
+        match http::put(&http::Endpoint::new(URL), room, id, &value, &key, None).await {
             Ok(env) => return env,
             Err(e) if e.is_retryable() => TimeoutFuture::new(50).await,
             Err(e) => panic!("server put failed: {e}"),

@@ -30,7 +30,7 @@ impl PollLoop {
     /// Long-polls `rooms` from `since`. The first request does not wait, so the transport is
     /// live at once; a request unanswered after `wait` seconds plus `stall_ms` is a stall.
     pub(crate) fn long_poll(
-        base: String,
+        server: http::Endpoint,
         rooms: String,
         since: String,
         wait: u32,
@@ -51,7 +51,7 @@ impl PollLoop {
                 let controller = AbortController::new().ok();
                 let signal = controller.as_ref().map(|c| c.signal());
                 *ab.borrow_mut() = controller;
-                let req = Box::pin(http::poll(&base, &rooms, &since, w, signal.as_ref()));
+                let req = Box::pin(http::poll(&server, &rooms, &since, w, signal.as_ref()));
                 let timer = TimeoutFuture::new(ms(u64::from(w) * 1000 + stall_ms));
                 let outcome = match select(req, timer).await {
                     Either::Left((r, _)) => Some(r),
@@ -96,7 +96,7 @@ impl PollLoop {
 
     /// Fetches every room's snapshot every `interval_ms`.
     pub(crate) fn snapshots(
-        base: String,
+        server: http::Endpoint,
         rooms: Vec<String>,
         interval_ms: u64,
         sink: Sink,
@@ -110,7 +110,7 @@ impl PollLoop {
                     if st.get() {
                         return;
                     }
-                    match http::snapshot(&base, room).await {
+                    match http::snapshot(&server, room).await {
                         Ok(snap) => {
                             if st.get() {
                                 return;
