@@ -234,7 +234,19 @@ impl JsClient {
     #[wasm_bindgen(constructor)]
     pub fn new(options: ClientOptionsArg) -> Result<JsClient, JsValue> {
         let raw: JsValue = options.into();
-        let parsed: JsOptions = from_js(raw.clone()).map_err(|e| {
+        // The plain-data options are decoded as JSON; the function-valued ones (`random`,
+        // `getToken`) are read separately below, so they are left out of that copy.
+        let data = match raw.dyn_ref::<js_sys::Object>() {
+            Some(obj) if !raw.is_function() => {
+                let copy = js_sys::Object::assign(&js_sys::Object::new(), obj);
+                for key in ["random", "getToken"] {
+                    let _ = Reflect::delete_property(&copy, &key.into());
+                }
+                copy.into()
+            }
+            _ => raw.clone(),
+        };
+        let parsed: JsOptions = from_js(data).map_err(|e| {
             to_js_error(&Error::BadOption {
                 name: "options",
                 reason: format!("{e}; expected {{ url: string, … }}"),

@@ -33,10 +33,11 @@ export function freePort() {
 }
 
 /**
- * Starts the server and resolves once it prints `tidewire listening on http://…`.
+ * Starts the server and resolves once it prints `tidewire listening on http://…`; `args` are
+ * extra `serve` arguments (e.g. `['--jwt-secret', s]`).
  * Returns `{ url, stop, output }`; `stop()` ends the process and removes its database.
  */
-export async function startServer({ timeoutMs = 30_000 } = {}) {
+export async function startServer({ timeoutMs = 30_000, args: extra = [] } = {}) {
   for (const [what, p] of [['tidewire binary', bin], ['npm package', pkgDir]]) {
     if (!existsSync(p)) {
       throw new Error(`${what} not found at ${p}: run \`cargo xtask test\` (or build it first)`);
@@ -50,6 +51,7 @@ export async function startServer({ timeoutMs = 30_000 } = {}) {
     '--database', `sqlite://${path.join(dir, 'e2e.db')}`,
     '--www-dir', path.join(root, 'www'),
     '--pkg-dir', pkgDir,
+    ...extra,
   ];
   const child = spawn(bin, args, { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
