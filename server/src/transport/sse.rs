@@ -308,3 +308,34 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_parameter() {
+        assert_eq!(Heartbeat::parse(None).ok(), Some(Heartbeat::Comment));
+        assert_eq!(
+            Heartbeat::parse(Some("comment")).ok(),
+            Some(Heartbeat::Comment)
+        );
+        assert_eq!(Heartbeat::parse(Some("event")).ok(), Some(Heartbeat::Event));
+        for bad in ["", "Event", "events", "1"] {
+            assert!(
+                matches!(Heartbeat::parse(Some(bad)), Err(Error::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn heartbeat_bytes_by_kind() {
+        let h = Duration::from_secs(15);
+        assert_eq!(heartbeat_bytes(Heartbeat::Comment, h, 1000), b": hb\n\n");
+        assert_eq!(
+            String::from_utf8(heartbeat_bytes(Heartbeat::Event, h, 1000)).unwrap(),
+            "event: heartbeat\ndata: {\"heartbeat_ms\":15000,\"retry_ms\":1000}\n\n"
+        );
+    }
+}
