@@ -537,7 +537,7 @@ async fn waits_while_offline_and_reconnects_at_once_on_online_or_visible() {
     let mut o = options(URL, Some(TransportKind::Sse));
     o.backoff.base_ms = 60_000;
     o.backoff.cap_ms = 60_000;
-    o.random = Some(Box::new(|| 0.5)); // every backoff delay is 30 s
+    o.random = Some(Box::new(|| 0.5)); // every backoff delay is 30 s (above the retry floor)
     let client = Client::new(o).unwrap();
     let (states, _s) = record_states(&client);
     let name = unique("online");
@@ -575,7 +575,8 @@ async fn waits_while_offline_and_reconnects_at_once_on_online_or_visible() {
         ConnState::Reconnecting { delay_ms, .. } => delay_ms,
         other => panic!("{other:?}"),
     };
-    assert_eq!(delay, 30_000);
+    // The stream announced `retry: 1000`: the floor, with the backoff delay above it.
+    assert_eq!(delay, 1_000 + 30_000);
     dispatch(&window, "online");
     assert!(
         wait_until(3_000, || client.state() == ConnState::Open).await,
