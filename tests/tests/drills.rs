@@ -20,6 +20,13 @@
 //!   connection, the client notices, reconnects and resumes.
 //! - `restart_storm`: many SSE clients across a graceful restart; reconnects spread over the
 //!   drain window, all resume, nothing lost.
+//! - `slow_consumer`: fast SSE subscribers and one slow one (a tiny receive buffer, a read
+//!   every 250 ms) under a steady publisher; the server cuts the slow one, which resumes with
+//!   everything, while the fast ones' latency stays within a factor of a baseline phase of the
+//!   same run and the server's RSS stays bounded.
+//!
+//! Drills 3 (duplicated and reordered delivery) and 4 (client clock skew) are browser tests of
+//! the SDK: `client/tests/drills.rs`, run under `tidewire-harness`.
 
 #[path = "drills/crash.rs"]
 mod crash;
@@ -29,6 +36,8 @@ mod disk_full;
 mod net_cut;
 #[path = "drills/restart_storm.rs"]
 mod restart_storm;
+#[path = "drills/slow_consumer.rs"]
+mod slow_consumer;
 
 use std::time::Duration;
 

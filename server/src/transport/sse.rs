@@ -177,8 +177,9 @@ async fn send(tx: &Tx, inbox: &Inbox, buf: Vec<u8>, patience: Duration) -> bool 
     }
 }
 
-/// Ends a stream: a slow consumer gets an `error` event when there is room for it.
-fn finish(session: &Session, tx: &Tx) {
+/// Ends a stream: a slow consumer gets an `error` event when there is room for it within
+/// 500 ms (the same grace as the `reconnect` and `token_expired` endings).
+async fn finish(session: &Session, tx: &Tx) {
     if session.inbox.is_slow() {
         metrics::slow_consumer("sse");
         let mut buf = Vec::new();
@@ -193,7 +194,8 @@ fn finish(session: &Session, tx: &Tx) {
                 id: None,
             },
         );
-        let _ = tx.try_send(Ok(Bytes::from(buf)));
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), tx.send(Ok(Bytes::from(buf)))).await;
     }
 }
 
@@ -224,7 +226,7 @@ async fn run(
         }
         metrics::sent("sse", events, 0);
         if !send(&tx, &session.inbox, buf, patience).await {
-            finish(&session, &tx);
+            finish(&session, &tx).await;
             return Ok(());
         }
     }
@@ -236,7 +238,7 @@ async fn run(
             }
         }
         if !send(&tx, &session.inbox, buf, patience).await {
-            finish(&session, &tx);
+            finish(&session, &tx).await;
             return Ok(());
         }
     }
@@ -273,7 +275,7 @@ async fn run(
             }
             item = session.inbox.recv() => {
                 let Some(item) = item else {
-                    finish(&session, &tx);
+                    finish(&session, &tx).await;
                     return Ok(());
                 };
                 let mut buf = Vec::new();
@@ -294,7 +296,7 @@ async fn run(
                 }
                 metrics::sent("sse", events, 0);
                 if !send(&tx, &session.inbox, buf, patience).await {
-                    finish(&session, &tx);
+                    finish(&session, &tx).await;
                     return Ok(());
                 }
                 heartbeat.reset();

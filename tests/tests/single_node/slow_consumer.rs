@@ -15,7 +15,8 @@ use futures::StreamExt;
 use serde_json::json;
 use tidewire_protocol::{ClientFrame, Envelope, ErrorCode, Event, RawAppEvent};
 use tidewire_tests::{
-    metric_sum, Delivery, Error, Server, SseClient, SseRequest, WriteOptions, WsClient,
+    metric_sum, split_response, Delivery, Error, Server, SseClient, SseRequest, WriteOptions,
+    WsClient,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,46 +34,6 @@ fn broadcasts() -> usize {
 /// Bytes per broadcast: 320 x 256 KB = 80 MB, more than the memory budget.
 const BROADCAST_BYTES: usize = 256 * 1024;
 const RSS_BUDGET_KIB: u64 = 64 * 1024;
-
-/// Removes HTTP/1.1 chunked framing; answers the body so far and whether the terminating
-/// chunk was seen.
-fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
-            return (out, false);
-        };
-        let size_text = String::from_utf8_lossy(&body[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_text, 16) else {
-            return (out, false);
-        };
-        if size == 0 {
-            return (out, true);
-        }
-        let data = &body[eol + 2..];
-        if data.len() < size {
-            out.extend_from_slice(data);
-            return (out, false);
-        }
-        out.extend_from_slice(&data[..size]);
-        body = &data[(size + 2).min(data.len())..];
-    }
-}
-
-/// Splits a raw HTTP/1.1 response into its lower-cased head and its decoded body, and says
-/// whether the body is complete.
-fn split_response(raw: &[u8]) -> Option<(String, Vec<u8>, bool)> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let rest = &raw[end + 4..];
-    if head.contains("transfer-encoding: chunked") {
-        let (body, complete) = dechunk(rest);
-        Some((head, body, complete))
-    } else {
-        Some((head, rest.to_vec(), false))
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_cut_off_memory_stays_bounded_and_it_resumes() {
