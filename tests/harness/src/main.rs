@@ -20,8 +20,11 @@
 //! - A second server with auth on (`--jwt-secret`, a free port) for the auth browser tests;
 //!   `POST /token?sub=&read=a,b&write=a,b&ttl=3` on the control API mints an HS256 token for
 //!   it (`read`/`write` are comma-separated room patterns, `ttl` in seconds).
+//! - A chaos proxy (see [`chaos`]) listens on `--chaos-port` (default: a free port): under
+//!   `/seed/<n>/` it forwards to the server and duplicates and reorders the events of SSE
+//!   streams and WebSockets, deterministically from the seed `n`.
 //! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`, `TIDEWIRE_AUTH_URL`,
-//!   `TIDEWIRE_CTL_URL` and `TIDEWIRE_PROXY_URL` set (and `WASM_BINDGEN_TEST_TIMEOUT=180` unless
+//!   `TIDEWIRE_CTL_URL`, `TIDEWIRE_PROXY_URL` and `TIDEWIRE_CHAOS_URL` set (and `WASM_BINDGEN_TEST_TIMEOUT=180` unless
 //!   set), stops everything when it ends, and exits with its exit code. Without one it runs
 //!   until SIGINT or SIGTERM, and stops the server either way.
 //!
@@ -49,10 +52,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
+mod chaos;
+
 struct Args {
     port: u16,
     ctl_port: u16,
     proxy_port: u16,
+    chaos_port: u16,
     server_args: Vec<String>,
     command: Vec<String>,
 }
@@ -62,6 +68,7 @@ fn parse_args() -> Result<Args> {
         port: 18080,
         ctl_port: 18081,
         proxy_port: 18082,
+        chaos_port: 0,
         server_args: Vec::new(),
         command: Vec::new(),
     };
@@ -72,6 +79,7 @@ fn parse_args() -> Result<Args> {
             "--port" => args.port = value("--port")?.parse()?,
             "--ctl-port" => args.ctl_port = value("--ctl-port")?.parse()?,
             "--proxy-port" => args.proxy_port = value("--proxy-port")?.parse()?,
+            "--chaos-port" => args.chaos_port = value("--chaos-port")?.parse()?,
             "--server-arg" => args.server_args.push(value("--server-arg")?),
             "--" => {
                 args.command = it.collect();
@@ -427,9 +435,15 @@ async fn main() -> Result<()> {
         proxy_app,
     )
     .await?;
+    let chaos_port = match args.chaos_port {
+        0 => free_port()?,
+        p => p,
+    };
+    chaos::serve(SocketAddr::from(([127, 0, 0, 1], chaos_port)), &upstream).await?;
+    let chaos_url = format!("http://127.0.0.1:{chaos_port}");
     let ctl_url = format!("http://127.0.0.1:{}", args.ctl_port);
     let proxy_url = format!("http://127.0.0.1:{}", args.proxy_port);
-    println!("harness: server {upstream}, control {ctl_url}, proxy {proxy_url}");
+    println!("harness: server {upstream}, control {ctl_url}, proxy {proxy_url}, chaos {chaos_url}");
 
     let code = if args.command.is_empty() {
         stop_signal().await;
@@ -441,6 +455,7 @@ async fn main() -> Result<()> {
             .env("TIDEWIRE_AUTH_URL", &auth_url)
             .env("TIDEWIRE_CTL_URL", &ctl_url)
             .env("TIDEWIRE_PROXY_URL", &proxy_url)
+            .env("TIDEWIRE_CHAOS_URL", &chaos_url)
             .kill_on_drop(true);
         if std::env::var_os("WASM_BINDGEN_TEST_TIMEOUT").is_none() {
             // The browser suite restarts the server and waits for fallbacks: allow 3 minutes.
