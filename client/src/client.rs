@@ -274,8 +274,14 @@ pub(crate) struct Shared {
 
 type AckResult = Result<Option<Envelope>, tidewire_protocol::AckError>;
 
+/// Milliseconds on the page's monotonic clock (`performance.now()`), for every elapsed time
+/// and deadline: backoff waits, open and climb timeouts, reorder windows. The wall clock
+/// (`Date.now()`) can jump days either way when the user or NTP changes it; measured with it,
+/// a backoff wait could last days or an open connection look negative seconds old.
 fn now_ms() -> u64 {
-    js_sys::Date::now() as u64
+    web_sys::window()
+        .and_then(|w| w.performance())
+        .map_or_else(js_sys::Date::now, |p| p.now()) as u64
 }
 
 fn random_id() -> String {
@@ -525,7 +531,12 @@ impl Shared {
     fn next_key(&self) -> String {
         let mut c = self.conn.borrow_mut();
         c.key_seq += 1;
-        format!("{}-{}-{}", self.client_id, now_ms(), c.key_seq)
+        format!(
+            "{}-{}-{}",
+            self.client_id,
+            js_sys::Date::now() as u64,
+            c.key_seq
+        )
     }
 
     fn set(&self, input: Input) {
@@ -979,7 +990,10 @@ async fn connect(
         // ticket (a reconnect from the same cursor) for SSE.
         let refresh_at = match (&source, kind, opened_at) {
             (Some(src), TransportKind::Sse | TransportKind::Ws, Some(_)) => {
-                src.refresh_at().map(|t| t.max(0.0) as u64)
+                // The token's expiry is wall-clock time: turn what is left of it into a
+                // deadline on the monotonic clock.
+                src.refresh_at()
+                    .map(|t| now + (t - js_sys::Date::now()).max(0.0) as u64)
             }
             _ => None,
         };
