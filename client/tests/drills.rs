@@ -258,8 +258,11 @@ async fn duplicated_and_reordered(kind: TransportKind, seed: u64) {
     let mut delivered = 0;
     let mut via_snapshot = 0;
     for (r, name) in names.iter().enumerate() {
-        let seen = listeners[r].0.borrow();
-        let (d, s) = check_order(&format!("{label} {name}"), &seen, per_room);
+        let (d, s) = check_order(
+            &format!("{label} {name}"),
+            &listeners[r].0.borrow(),
+            per_room,
+        );
         delivered += d;
         via_snapshot += s;
         let (state, pending) = state_of(&rooms[r]);
