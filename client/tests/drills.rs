@@ -170,32 +170,44 @@ async fn rest_state(room: &str) -> Vec<(String, Value, u64)> {
         .collect()
 }
 
-/// Checks one room's listener: strictly increasing seqs (so none twice, none backwards) and
-/// every seq in `1..=written` either delivered as an event or covered by a loaded snapshot.
-/// Answers (delivered as events, covered by a snapshot only).
-fn check_order(label: &str, seen: &Seen, written: u64) -> (usize, usize) {
-    for w in seen.events.windows(2) {
-        assert!(
-            w[0] < w[1],
-            "{label}: seq {} after {} (events {:?})",
-            w[1],
-            w[0],
-            seen.events
-        );
+/// The account of one room's listener against `1..=written`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    /// Distinct seqs delivered as events.
+    delivered: usize,
+    /// Seqs not delivered as events but covered by a loaded snapshot.
+    via_snapshot: usize,
+    /// Seqs neither delivered nor covered by a snapshot.
+    lost: usize,
+    /// Events whose seq was seen before.
+    duplicated: usize,
+    /// Events not above the one before (twice or backwards).
+    out_of_order: usize,
+}
+
+impl Tally {
+    fn of(seen: &Seen, written: u64) -> Tally {
+        let events: BTreeSet<u64> = seen.events.iter().copied().collect();
+        let by_snapshot = seen.snapshots.iter().copied().max().unwrap_or(0);
+        let not_events = || (1..=written).filter(|s| !events.contains(s));
+        Tally {
+            delivered: events.len(),
+            via_snapshot: not_events().filter(|s| *s <= by_snapshot).count(),
+            lost: not_events().filter(|s| *s > by_snapshot).count(),
+            duplicated: seen.events.len() - events.len(),
+            out_of_order: seen.events.windows(2).filter(|w| w[0] >= w[1]).count(),
+        }
     }
-    let events: BTreeSet<u64> = seen.events.iter().copied().collect();
-    let by_snapshot = seen.snapshots.iter().copied().max().unwrap_or(0);
-    let missing: Vec<u64> = (1..=written)
-        .filter(|s| !events.contains(s) && *s > by_snapshot)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{label}: seqs neither delivered nor in a snapshot: {missing:?}"
-    );
-    let only_snapshot = (1..=written)
-        .filter(|s| !events.contains(s) && *s <= by_snapshot)
-        .count();
-    (events.len(), only_snapshot)
+
+    fn add(self, o: Tally) -> Tally {
+        Tally {
+            delivered: self.delivered + o.delivered,
+            via_snapshot: self.via_snapshot + o.via_snapshot,
+            lost: self.lost + o.lost,
+            duplicated: self.duplicated + o.duplicated,
+            out_of_order: self.out_of_order + o.out_of_order,
+        }
+    }
 }
 
 fn seed(offset: u64) -> u64 {
@@ -259,16 +271,31 @@ async fn duplicated_and_reordered(kind: TransportKind, seed: u64) {
     );
     // A moment for late duplicates from the proxy to arrive (and be dropped).
     TimeoutFuture::new(400).await;
-    let mut delivered = 0;
-    let mut via_snapshot = 0;
+    let mut total = Tally::default();
+    let mut per_name = Vec::new();
     for (r, name) in names.iter().enumerate() {
-        let (d, s) = check_order(
-            &format!("{label} {name}"),
-            &listeners[r].0.borrow(),
-            per_room,
+        let t = Tally::of(&listeners[r].0.borrow(), per_room);
+        total = total.add(t);
+        per_name.push((name, t, listeners[r].0.borrow().events.clone()));
+    }
+    let stats = chaos_stats(seed).await;
+    let snapshots: usize = listeners.iter().map(|l| l.0.borrow().snapshots.len()).sum();
+    console_log!(
+        "[{label}] sent={sent} acknowledged={acked} delivered={} (+{} by a re-fetched snapshot; \
+         {snapshots} snapshot loads) lost={} duplicated={} out_of_order={}; proxy: {stats}",
+        total.delivered,
+        total.via_snapshot,
+        total.lost,
+        total.duplicated,
+        total.out_of_order
+    );
+    for (name, t, events) in &per_name {
+        assert!(
+            t.lost == 0 && t.duplicated == 0 && t.out_of_order == 0,
+            "{label} {name}: {t:?}, events {events:?}"
         );
-        delivered += d;
-        via_snapshot += s;
+    }
+    for (r, name) in names.iter().enumerate() {
         let (state, pending) = state_of(&rooms[r]);
         assert!(!pending, "{label}: a write is still pending");
         assert_eq!(
@@ -277,11 +304,6 @@ async fn duplicated_and_reordered(kind: TransportKind, seed: u64) {
             "{label}: room state = REST snapshot"
         );
     }
-    let stats = chaos_stats(seed).await;
-    let snapshots: usize = listeners.iter().map(|l| l.0.borrow().snapshots.len()).sum();
-    console_log!(
-        "[{label}] sent={sent} acknowledged={acked} delivered={delivered} (+{via_snapshot} by a re-fetched snapshot; {snapshots} snapshot loads) lost=0 duplicated=0; proxy: {stats}"
-    );
     assert!(
         stats["duplicated"].as_u64().unwrap_or(0) > 0 && stats["delayed"].as_u64().unwrap_or(0) > 0,
         "{label}: the proxy duplicated and delayed nothing: {stats}"
@@ -446,6 +468,7 @@ async fn client_clock_skew_changes_nothing() {
 
     // Order: every event once, in order, none lost.
     let events = seen.borrow().events.clone();
+    let tally = Tally::of(&seen.borrow(), written);
     assert_eq!(
         events,
         (1..=written).collect::<Vec<_>>(),
@@ -485,10 +508,12 @@ async fn client_clock_skew_changes_nothing() {
         .map(|w| w[1].0 - w[0].0)
         .fold(0.0, f64::max);
     console_log!(
-        "[{label}] sent={written} acknowledged={written} delivered={} lost=0 duplicated=0; \
-         reconnecting delays {delays:?} ms (cap {cap_ms}), longest gap between attempts {longest_gap:.0} ms, \
-         reopened {reopened_after:.0} ms after the server came back",
-        events.len()
+        "[{label}] sent={written} acknowledged={written} delivered={} lost={} duplicated={}; \
+         reconnecting delays {delays:?} ms (cap {cap_ms}), longest gap between attempts \
+         {longest_gap:.0} ms, reopened {reopened_after:.0} ms after the server came back",
+        tally.delivered,
+        tally.lost,
+        tally.duplicated
     );
     assert!(
         delays.iter().all(|d| *d <= cap_ms),

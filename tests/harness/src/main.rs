@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! tidewire-harness [--port 18080] [--ctl-port 18081] [--proxy-port 18082]
-//!                  [--server-arg ARG]... [-- COMMAND ARGS...]
+//!                  [--chaos-port PORT] [--server-arg ARG]... [-- COMMAND ARGS...]
 //! ```
 //!
 //! - The server (`$TIDEWIRE_BIN`, else `tidewire` next to this binary) listens on `--port` with
@@ -24,9 +24,10 @@
 //!   `/seed/<n>/` it forwards to the server and duplicates and reorders the events of SSE
 //!   streams and WebSockets, deterministically from the seed `n`.
 //! - With a command after `--`, the harness runs it with `TIDEWIRE_TEST_URL`, `TIDEWIRE_AUTH_URL`,
-//!   `TIDEWIRE_CTL_URL`, `TIDEWIRE_PROXY_URL` and `TIDEWIRE_CHAOS_URL` set (and `WASM_BINDGEN_TEST_TIMEOUT=180` unless
-//!   set), stops everything when it ends, and exits with its exit code. Without one it runs
-//!   until SIGINT or SIGTERM, and stops the server either way.
+//!   `TIDEWIRE_CTL_URL`, `TIDEWIRE_PROXY_URL` and `TIDEWIRE_CHAOS_URL` set (and
+//!   `WASM_BINDGEN_TEST_TIMEOUT=180` unless set), stops everything when it ends, and exits with
+//!   its exit code. Without one it runs until SIGINT or SIGTERM, and stops the server either
+//!   way.
 //!
 //! ```text
 //! cargo build -p tidewire-server --bin tidewire -p tidewire-harness
@@ -87,7 +88,7 @@ fn parse_args() -> Result<Args> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: tidewire-harness [--port 18080] [--ctl-port 18081] [--proxy-port 18082] [--server-arg ARG]... [-- COMMAND...]"
+                    "usage: tidewire-harness [--port 18080] [--ctl-port 18081] [--proxy-port 18082] [--chaos-port PORT] [--server-arg ARG]... [-- COMMAND...]"
                 );
                 std::process::exit(0);
             }

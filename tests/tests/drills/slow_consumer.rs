@@ -1,7 +1,8 @@
 //! Drill 5, slow consumer under fan-out: N fast SSE subscribers read a room at full speed
 //! while a publisher writes at a steady rate. First a baseline phase, then one slow subscriber
-//! joins: a raw socket with a 4 KiB receive buffer that reads one 4 KiB chunk every 250 ms (a few events per second at most), so
-//! TCP backpressure builds up to the server's per-connection queue.
+//! joins: a raw socket with a 4 KiB receive buffer that reads one 4 KiB chunk every 250 ms (a
+//! few events per second at most), so TCP backpressure builds up to the server's
+//! per-connection queue.
 //!
 //! The drill shows, in one run: the server cuts the slow one (the stream ends with a
 //! `slow_consumer` error event, the metric counts it) and it resumes from its last id with
