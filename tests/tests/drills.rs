@@ -45,6 +45,20 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tidewire_tests::{Server, ServerBuilder};
 
+/// Drills share the process (and its two cores); one that compares timings between phases
+/// takes this exclusively ([`exclusive_cpu`]), the others share it ([`shared_cpu`]).
+static CPU: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a drill that may run beside the others.
+pub async fn shared_cpu() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    CPU.read().await
+}
+
+/// Held by a drill that must run alone (it measures a baseline and compares with it).
+pub async fn exclusive_cpu() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write().await
+}
+
 /// The usual wait for something that should happen promptly.
 pub const T: Duration = Duration::from_secs(10);
 

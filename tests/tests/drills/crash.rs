@@ -56,6 +56,7 @@ type Acked = Arc<Mutex<BTreeMap<String, Envelope>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_write_keeps_every_acknowledged_write_once() {
+    let _cpu = crate::shared_cpu().await;
     let mut rng = rng("drill crash");
     let mut server = start(Server::builder().unlimited_writes());
     let rest = server.rest();

@@ -77,6 +77,7 @@ fn fill(path: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_answers_503_and_recovers() {
+    let _cpu = crate::shared_cpu().await;
     let Some(mount) = Mount::new() else {
         println!("[drill disk full] SKIPPED: cannot mount a tmpfs (needs root)");
         return;

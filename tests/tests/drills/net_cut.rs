@@ -29,6 +29,7 @@ async fn ws_gauge(server: &Server) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_connection_is_reaped_and_the_client_resumes() {
+    let _cpu = crate::shared_cpu().await;
     let server = start(
         Server::builder()
             .unlimited_writes()

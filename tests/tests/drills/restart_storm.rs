@@ -18,6 +18,7 @@ const DRAIN_MS: u64 = 3000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restart_spreads_reconnects_and_loses_nothing() {
+    let _cpu = crate::shared_cpu().await;
     let clients = if full() { 5_000 } else { 500 };
     let mut server = start(
         Server::builder()
