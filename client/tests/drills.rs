@@ -235,6 +235,9 @@ async fn duplicated_and_reordered(kind: TransportKind, seed: u64) {
     // the room re-fetches its snapshot; the held events that come after it must be dropped.
     o.reorder_ms = 100;
     let client = Client::new(o).unwrap();
+    let states = Rc::new(RefCell::new(Vec::<StateChange>::new()));
+    let st = states.clone();
+    let _states = client.on_state(move |c| st.borrow_mut().push(c.clone()));
     let names = [unique("chaos-a"), unique("chaos-b")];
     let rooms: Vec<_> = names.iter().map(|n| client.room(n).unwrap()).collect();
     let listeners: Vec<_> = rooms.iter().map(listen).collect();
@@ -282,12 +285,18 @@ async fn duplicated_and_reordered(kind: TransportKind, seed: u64) {
     let snapshots: usize = listeners.iter().map(|l| l.0.borrow().snapshots.len()).sum();
     console_log!(
         "[{label}] sent={sent} acknowledged={acked} delivered={} (+{} by a re-fetched snapshot; \
-         {snapshots} snapshot loads) lost={} duplicated={} out_of_order={}; proxy: {stats}",
+         {snapshots} snapshot loads) lost={} duplicated={} out_of_order={}; proxy: {stats}; \
+         client states: {:?}",
         total.delivered,
         total.via_snapshot,
         total.lost,
         total.duplicated,
-        total.out_of_order
+        total.out_of_order,
+        states
+            .borrow()
+            .iter()
+            .map(|c| format!("{:?}", c.state))
+            .collect::<Vec<_>>()
     );
     for (name, t, events) in &per_name {
         assert!(
