@@ -123,7 +123,7 @@ fn options(url: &str, transport: Option<TransportKind>) -> Options {
 async fn server_put(room: &str, id: &str, value: Value) -> Envelope {
     let key = unique("k");
     for _ in 0..200 {
-        match http::put(URL, room, id, &value, &key, None).await {
+        match http::put(&http::Endpoint::new(URL), room, id, &value, &key, None).await {
             Ok(env) => return env,
             Err(e) if e.is_retryable() => TimeoutFuture::new(50).await,
             Err(e) => panic!("server put failed: {e}"),
@@ -163,7 +163,9 @@ fn state_of(room: &Room) -> (Vec<(String, Value, u64)>, bool) {
 }
 
 async fn rest_state(room: &str) -> Vec<(String, Value, u64)> {
-    let snap = http::snapshot(URL, room).await.expect("REST snapshot");
+    let snap = http::snapshot(&http::Endpoint::new(URL), room)
+        .await
+        .expect("REST snapshot");
     snap.items
         .into_iter()
         .map(|(id, i)| (id, i.value, i.version))
