@@ -3,14 +3,18 @@
 //!
 //! ```text
 //! let shared = Arc::new(Shared::default());
-//! tokio::spawn(run(Kind::TidewireSse, addr, shared.clone()));
+//! let permit = connecting.clone().acquire_owned().await?;   // bounds connects in flight
+//! tokio::spawn(run(Kind::TidewireSse, addr, source_ip, shared.clone(), permit));
 //! // shared.ready counts subscribed clients; shared.deliveries counts events seen.
 //! ```
 //!
 //! Every event carries `"t":<µs since the Unix epoch>` from the publisher; a client counts each
 //! occurrence and, while `recording` is set, keeps `now − t` as a latency sample.
+//!
+//! Every client binds its socket to a given loopback source address before connecting, so that
+//! the load generator's processes together have more than one address's ephemeral ports.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,9 +22,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::{SinkExt, StreamExt};
 use tidewire_protocol::ClientFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::histogram::LatencyHistogram;
 use crate::BenchError;
 
 /// Which server and transport a subscriber speaks.
@@ -38,6 +44,45 @@ pub enum Kind {
     SocketIo,
 }
 
+impl Kind {
+    /// The target name, as in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::TidewireSse => "tidewire-sse",
+            Kind::TidewireWs => "tidewire-ws",
+            Kind::BaselineSse => "axum-sse",
+            Kind::BaselineWs => "axum-ws",
+            Kind::SocketIo => "socketio-ws",
+        }
+    }
+
+    /// The kind named `name` ([`Kind::name`]).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        [
+            Kind::TidewireSse,
+            Kind::TidewireWs,
+            Kind::BaselineSse,
+            Kind::BaselineWs,
+            Kind::SocketIo,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+}
+
+/// A TCP connection to `addr` from `source` (any port).
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> Result<TcpStream, BenchError> {
+    let sock = if source.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    sock.bind(SocketAddr::new(source, 0))?;
+    let s = sock.connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// Counters shared by every subscriber of one measurement.
 #[derive(Default)]
 pub struct Shared {
@@ -50,7 +95,7 @@ pub struct Shared {
     /// Keep latency samples while set.
     pub recording: AtomicBool,
     /// Latency samples in microseconds.
-    pub latencies: Mutex<Vec<u64>>,
+    pub latencies: Mutex<LatencyHistogram>,
     /// The first failure, for the report.
     pub first_error: Mutex<Option<String>>,
 }
@@ -92,7 +137,9 @@ fn scan(shared: &Shared, bytes: &[u8]) {
     }
     if !samples.is_empty() {
         if let Ok(mut l) = shared.latencies.lock() {
-            l.extend(samples);
+            for us in samples {
+                l.record(us);
+            }
         }
     }
 }
@@ -101,12 +148,23 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Runs one subscriber until its connection ends; marks it failed on error.
-pub async fn run(kind: Kind, addr: SocketAddr, shared: std::sync::Arc<Shared>) {
+/// Runs one subscriber until its connection ends; marks it failed on error. `permit` is held
+/// until the subscriber is subscribed.
+pub async fn run(
+    kind: Kind,
+    addr: SocketAddr,
+    source: IpAddr,
+    shared: std::sync::Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let mut permit = Some(permit);
+    let p = &mut permit;
     let r = match kind {
-        Kind::TidewireSse => sse(addr, "/v1/sse?rooms=bench", b"\nid:", &shared).await,
-        Kind::BaselineSse => sse(addr, "/sse", b"\r\n\r\n", &shared).await,
-        Kind::TidewireWs | Kind::BaselineWs | Kind::SocketIo => ws(kind, addr, &shared).await,
+        Kind::TidewireSse => sse(addr, source, "/v1/sse?rooms=bench", b"\nid:", &shared, p).await,
+        Kind::BaselineSse => sse(addr, source, "/sse", b"\r\n\r\n", &shared, p).await,
+        Kind::TidewireWs | Kind::BaselineWs | Kind::SocketIo => {
+            ws(kind, addr, source, &shared, p).await
+        }
     };
     if let Err(e) = r {
         shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -118,12 +176,13 @@ pub async fn run(kind: Kind, addr: SocketAddr, shared: std::sync::Arc<Shared>) {
 
 async fn sse(
     addr: SocketAddr,
+    source: IpAddr,
     path: &str,
     ready_mark: &[u8],
     shared: &Shared,
+    permit: &mut Option<OwnedSemaphorePermit>,
 ) -> Result<(), BenchError> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.set_nodelay(true)?;
+    let mut s = connect_from(source, addr).await?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -147,6 +206,7 @@ async fn sse(
             }
             ready = true;
             shared.ready.fetch_add(1, Ordering::Relaxed);
+            permit.take();
         }
         if let Some(pos) = buf.iter().rposition(|&b| b == b'\n') {
             scan(shared, &buf[..=pos]);
@@ -155,13 +215,20 @@ async fn sse(
     }
 }
 
-async fn ws(kind: Kind, addr: SocketAddr, shared: &Shared) -> Result<(), BenchError> {
+async fn ws(
+    kind: Kind,
+    addr: SocketAddr,
+    source: IpAddr,
+    shared: &Shared,
+    permit: &mut Option<OwnedSemaphorePermit>,
+) -> Result<(), BenchError> {
     let url = match kind {
         Kind::TidewireWs => format!("ws://{addr}/v1/ws"),
         Kind::BaselineWs => format!("ws://{addr}/ws"),
         _ => format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
     };
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let tcp = connect_from(source, addr).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
     let mut ready = false;
     match kind {
         Kind::TidewireWs => {
@@ -176,6 +243,7 @@ async fn ws(kind: Kind, addr: SocketAddr, shared: &Shared) -> Result<(), BenchEr
         Kind::BaselineWs => {
             ready = true;
             shared.ready.fetch_add(1, Ordering::Relaxed);
+            permit.take();
         }
         _ => {}
     }
@@ -199,6 +267,7 @@ async fn ws(kind: Kind, addr: SocketAddr, shared: &Shared) -> Result<(), BenchEr
             if !ready && b.starts_with(b"40") {
                 ready = true;
                 shared.ready.fetch_add(1, Ordering::Relaxed);
+                permit.take();
                 continue;
             }
         }
@@ -208,6 +277,7 @@ async fn ws(kind: Kind, addr: SocketAddr, shared: &Shared) -> Result<(), BenchEr
             }
             ready = true;
             shared.ready.fetch_add(1, Ordering::Relaxed);
+            permit.take();
             continue;
         }
         scan(shared, b);
@@ -224,7 +294,7 @@ mod tests {
         let s = Shared::default();
         scan(&s, br#"data: {"data":{"t":1,"pad":"x"}}"#);
         assert_eq!(s.deliveries.load(Ordering::Relaxed), 1);
-        assert!(s.latencies.lock().unwrap().is_empty());
+        assert_eq!(s.latencies.lock().unwrap().len(), 0);
         s.recording.store(true, Ordering::Relaxed);
         let t = now_micros();
         let two = format!("{{\"t\":{t}}}\n{{\"ts\":\"x\",\"t\":{t}}}");
@@ -232,6 +302,6 @@ mod tests {
         assert_eq!(s.deliveries.load(Ordering::Relaxed), 3);
         let l = s.latencies.lock().unwrap();
         assert_eq!(l.len(), 2);
-        assert!(l.iter().all(|&us| us < 10_000_000));
+        assert!(l.max_ms() < 10_000.0);
     }
 }

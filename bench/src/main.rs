@@ -8,21 +8,32 @@
 //!
 //! For every server and transport it starts the server, connects N subscribers to one room,
 //! measures server memory per idle connection and connect rate, end-to-end latency at a fixed
-//! publish rate, and fan-out deliveries/s while publishing as fast as the server sustains.
+//! publish rate, and fan-out deliveries/s while publishing as fast as the server sustains. The
+//! subscribers live in worker processes (this binary, `worker` subcommand), at most
+//! `--per-worker` each, each worker on its own 127.0.0.x source address. Then a reconnect storm
+//! ([`storm`]) restarts Tidewire under N clients and checks that nothing is lost.
 
 mod baseline;
 mod clients;
+mod histogram;
+mod pool;
+mod proto;
+mod seqcheck;
+mod servers;
+mod sse;
+mod storm;
+mod worker;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use clients::{now_micros, Kind, Shared};
-use tokio::process::{Child, Command};
+use clients::{now_micros, Kind};
+use pool::Pool;
+use servers::{repo_root, rss_kib, Peer};
+use storm::{StormConfig, StormReport};
+use tokio::process::Command;
 
 /// Everything that can stop a benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,9 @@ pub enum BenchError {
     /// A server did not start or a check failed.
     #[error("{0}")]
     Failed(String),
+    /// A worker process sent or got something unexpected.
+    #[error("worker protocol: {0}")]
+    Protocol(String),
 }
 
 #[derive(Parser)]
@@ -64,6 +78,9 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Hold a share of the clients and answer the generator on stdin/stdout (started by `all`).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -71,21 +88,31 @@ struct AllArgs {
     /// Small N and short phases: checks the benchmark works (≈20 s); writes no report.
     #[arg(long)]
     smoke: bool,
-    /// Subscriber counts, comma-separated (default 1000; smoke 50).
+    /// Subscriber counts, comma-separated (default 1000,10000; smoke 60).
     #[arg(long, value_delimiter = ',')]
     subscribers: Vec<usize>,
+    /// Clients per worker process (default 10000; smoke 30, so that it uses several).
+    #[arg(long)]
+    per_worker: Option<usize>,
     /// Repeated runs; the report gives medians (default 3; smoke 1).
     #[arg(long)]
     runs: Option<usize>,
-    /// Seconds of flat-out publishing for fan-out throughput (default 10; smoke 1).
+    /// Seconds of flat-out publishing for fan-out throughput (default 5; smoke 1).
     #[arg(long)]
     fanout_secs: Option<f64>,
-    /// Seconds of fixed-rate publishing for latency (default 5; smoke 1).
+    /// Seconds of fixed-rate publishing for latency (default 4; smoke 1).
     #[arg(long)]
     latency_secs: Option<f64>,
-    /// Publishes per second in the latency phase.
+    /// Publishes per second in the latency phase at 1,000 subscribers; at N it is
+    /// rate × 1000 / N (the same deliveries per second), never more than rate.
     #[arg(long, default_value_t = 100)]
     rate: u32,
+    /// Reconnect-storm clients (default 15000; smoke 300); 0 skips the storm.
+    #[arg(long)]
+    storm_clients: Option<usize>,
+    /// Publishes per second during the storm, over its 10 rooms.
+    #[arg(long, default_value_t = 20)]
+    storm_rate: u32,
     /// Concurrent publishers in the fan-out phase.
     #[arg(long, default_value_t = 4)]
     publishers: usize,
@@ -95,16 +122,9 @@ struct AllArgs {
     /// Where to write the report (default docs/benchmarks.md; smoke writes none unless given).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these targets (e.g. tidewire-sse,axum-sse).
+    /// Only these targets (e.g. tidewire-sse,axum-sse,storm).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Peer {
-    Tidewire,
-    Baseline,
-    SocketIo,
 }
 
 #[derive(Clone, Copy)]
@@ -156,117 +176,8 @@ struct Measure {
     latency_received: f64,
     deliveries_per_s: f64,
     publishes_per_s: f64,
+    rate: u32,
     first_error: Option<String>,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn free_addr() -> Result<SocketAddr, BenchError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    _dir: Option<PathBuf>,
-}
-
-impl Server {
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-}
-
-async fn start(peer: Peer, tidewire: &Path, queue: usize) -> Result<Server, BenchError> {
-    let addr = free_addr()?;
-    let root = repo_root();
-    let mut dir = None;
-    let mut cmd = match peer {
-        Peer::Tidewire => {
-            let d = std::env::temp_dir().join(format!(
-                "tidewire-bench-{}-{}",
-                std::process::id(),
-                addr.port()
-            ));
-            std::fs::create_dir_all(&d)?;
-            let db = d.join("bench.db");
-            dir = Some(d);
-            let mut c = Command::new(tidewire);
-            c.arg("serve")
-                .args(["--listen", &addr.to_string()])
-                .args(["--database", &format!("sqlite://{}", db.display())])
-                .args(["--write-rate", "1000000", "--write-burst", "1000000"])
-                .args(["--max-connections-per-client", "1000000"])
-                .args(["--queue-capacity", &queue.to_string()]);
-            c
-        }
-        Peer::Baseline => {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.args(["baseline", "--listen", &addr.to_string()]);
-            c
-        }
-        Peer::SocketIo => {
-            let dir = root.join("bench/socketio");
-            if !dir.join("node_modules/socket.io").exists() {
-                let st = Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund"])
-                    .current_dir(&dir)
-                    .status()
-                    .await?;
-                if !st.success() {
-                    return Err(BenchError::Failed("npm ci in bench/socketio failed".into()));
-                }
-            }
-            let mut c = Command::new("node");
-            c.arg(dir.join("server.js")).arg(addr.port().to_string());
-            c
-        }
-    };
-    let child = cmd
-        .current_dir(&root)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed(format!(
-                "{peer:?} did not start on {addr}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(Server {
-        child,
-        addr,
-        _dir: dir,
-    })
-}
-
-async fn stop(mut s: Server) {
-    let _ = s.child.kill().await;
-    if let Some(d) = &s._dir {
-        let _ = std::fs::remove_dir_all(d);
-    }
 }
 
 const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
@@ -299,42 +210,51 @@ async fn publish_once(http: &reqwest::Client, peer: Peer, addr: SocketAddr) -> b
     }
 }
 
-fn percentile(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
-    sorted[i] as f64 / 1000.0
-}
-
 struct Phases {
     fanout: Duration,
     latency: Duration,
     settle: Duration,
     rate: u32,
     publishers: usize,
+    per_worker: usize,
+}
+
+impl Phases {
+    /// The latency phase's publish rate at `n` subscribers: the same deliveries per second as
+    /// `rate` publishes/s to 1,000 subscribers, at most `rate`.
+    fn rate_at(&self, n: usize) -> u32 {
+        let r = u64::from(self.rate) * 1000 / n.max(1) as u64;
+        r.clamp(1, u64::from(self.rate)) as u32
+    }
 }
 
 async fn measure(t: Target, n: usize, ph: &Phases, tidewire: &Path) -> Result<Measure, BenchError> {
-    let server = start(t.peer, tidewire, 1024).await?;
+    let server = servers::start(t.peer, tidewire, n).await?;
+    let r = measure_on(&server, t, n, ph).await;
+    servers::stop(server).await;
+    r
+}
+
+async fn measure_on(
+    server: &servers::Server,
+    t: Target,
+    n: usize,
+    ph: &Phases,
+) -> Result<Measure, BenchError> {
     let addr = server.addr;
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss0 = rss_kib(pid);
-    let shared = Arc::new(Shared::default());
     let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        set.spawn(clients::run(t.kind, addr, shared.clone()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while shared.ready.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < n
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut pool = Pool::spawn(t.kind, addr, n, ph.per_worker, None)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut st = pool.status().await?;
+    while st.ready + st.failed < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        st = pool.status().await?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    let connected = shared.ready.load(Ordering::Relaxed);
+    let connected = st.ready;
     tokio::time::sleep(ph.settle).await;
     let rss1 = rss_kib(pid);
     let mut m = Measure {
@@ -350,9 +270,11 @@ async fn measure(t: Target, n: usize, ph: &Phases, tidewire: &Path) -> Result<Me
         .build()?;
 
     // Latency at a fixed publish rate.
-    shared.recording.store(true, Ordering::Relaxed);
-    let count = (ph.latency.as_secs_f64() * f64::from(ph.rate)).round() as usize;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(ph.rate)));
+    pool.record(true).await?;
+    let rate = ph.rate_at(n);
+    m.rate = rate;
+    let count = (ph.latency.as_secs_f64() * f64::from(rate)).round() as usize;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pubs = tokio::task::JoinSet::new();
     for _ in 0..count {
@@ -365,22 +287,16 @@ async fn measure(t: Target, n: usize, ph: &Phases, tidewire: &Path) -> Result<Me
         ok += usize::from(r.unwrap_or(false));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    shared.recording.store(false, Ordering::Relaxed);
-    let mut lat = std::mem::take(
-        &mut *shared
-            .latencies
-            .lock()
-            .map_err(|_| BenchError::Failed("latency samples lock poisoned".into()))?,
-    );
-    lat.sort_unstable();
-    m.p50_ms = percentile(&lat, 0.50);
-    m.p90_ms = percentile(&lat, 0.90);
-    m.p99_ms = percentile(&lat, 0.99);
-    m.max_ms = lat.last().map(|&v| v as f64 / 1000.0).unwrap_or(f64::NAN);
+    pool.record(false).await?;
+    let lat = pool.latency().await?;
+    m.p50_ms = lat.percentile_ms(0.50);
+    m.p90_ms = lat.percentile_ms(0.90);
+    m.p99_ms = lat.percentile_ms(0.99);
+    m.max_ms = lat.max_ms();
     m.latency_received = lat.len() as f64 / (ok.max(1) * connected.max(1)) as f64;
 
     // Fan-out: publish as fast as the server takes it.
-    let d0 = shared.deliveries.load(Ordering::Relaxed);
+    let d0 = pool.status().await?.deliveries;
     let t0 = Instant::now();
     let end = t0 + ph.fanout;
     let mut pubs = tokio::task::JoinSet::new();
@@ -398,16 +314,13 @@ async fn measure(t: Target, n: usize, ph: &Phases, tidewire: &Path) -> Result<Me
     while let Some(r) = pubs.join_next().await {
         published += r.unwrap_or(0);
     }
+    let st = pool.status().await?;
     let secs = t0.elapsed().as_secs_f64();
-    let d1 = shared.deliveries.load(Ordering::Relaxed);
-    m.deliveries_per_s = (d1 - d0) as f64 / secs;
+    m.deliveries_per_s = st.deliveries.saturating_sub(d0) as f64 / secs;
     m.publishes_per_s = published as f64 / secs;
-    m.failed = shared.failed.load(Ordering::Relaxed);
-    m.first_error = shared.first_error.lock().ok().and_then(|f| f.clone());
-
-    set.abort_all();
-    while set.join_next().await.is_some() {}
-    stop(server).await;
+    m.failed = st.failed;
+    m.first_error = st.first_error;
+    pool.quit().await;
     Ok(m)
 }
 
@@ -505,7 +418,7 @@ fn report(results: &[(&'static str, usize, Vec<Measure>)], args: &AllArgs, ph: &
         ));
         s.push_str(&format!(
             "| {n} | p99 latency at {} publishes/s (lower is better) | {} | {} | {} | {} |\n",
-            ph.rate,
+            ph.rate_at(n),
             ratio(p("tidewire-sse"), p("axum-sse")),
             ratio(p("tidewire-ws"), p("axum-ws")),
             ratio(p("tidewire-sse"), p("socketio-ws")),
@@ -513,15 +426,53 @@ fn report(results: &[(&'static str, usize, Vec<Measure>)], args: &AllArgs, ph: &
         ));
     }
     s.push_str(&format!(
-        "\nRuns: {} (medians shown); fan-out phase {:.0} s with {} concurrent HTTP publishers; latency phase {:.0} s at {} publishes/s; ~110-byte JSON payload. Machine: {}.\n",
+        "\nRuns: {} (medians shown); fan-out phase {:.0} s with {} concurrent HTTP publishers; latency phase {:.0} s at {} publishes/s per 1,000 subscribers ({}); ~110-byte JSON payload; subscribers in worker processes of at most {} clients, each on its own 127.0.0.x source address. Machine: {}.\n",
         args.runs.unwrap_or(3),
         ph.fanout.as_secs_f64(),
         ph.publishers,
         ph.latency.as_secs_f64(),
         ph.rate,
+        args.subscribers
+            .iter()
+            .map(|&n| format!("{}/s at N={n}", ph.rate_at(n)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        ph.per_worker,
         machine()
     ));
     s
+}
+
+fn storm_report(r: &StormReport, cfg: &StormConfig) -> String {
+    let mut hist = String::new();
+    for (sec, c) in r.result.resumed_per_second.iter().enumerate() {
+        hist.push_str(&format!("| {sec}–{} s | {c} |\n", sec + 1));
+    }
+    format!(
+        "\n### Reconnect storm\n\n{} Tidewire SSE clients over {} rooms ({} worker processes), a steady {} publishes/s; SIGTERM, the server drains (window {} ms, `reconnect` delays spread over it) and exits, a new process starts on the same port and SQLite file. Each client checks `seq` contiguity of its room over the whole run and must end at the last `seq` acknowledged to the publisher.\n\n| clients subscribed | resumed on the new process | time to all resumed (from SIGTERM) | new process listening after | events acknowledged | events received (all clients) | lost | duplicated | clients complete |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {:.1} s | {:.1} s | {} | {} | {} | {} | {} |\n\nClients resumed per second after SIGTERM:\n\n| second | clients |\n|---|---|\n{hist}{}",
+        cfg.clients,
+        cfg.rooms,
+        r.workers,
+        cfg.rate,
+        cfg.drain_ms,
+        r.connected,
+        r.result.resumed,
+        r.all_resumed_s(),
+        r.restart_ms as f64 / 1000.0,
+        r.acked,
+        r.result.received,
+        r.result.lost,
+        r.result.duplicated,
+        r.result.complete,
+        match (&r.first_error, r.unacked_in_log) {
+            (None, 0) => String::new(),
+            (e, u) => format!(
+                "\nNotes: {}{}\n",
+                e.as_deref().map(|e| format!("first client error: {e}. ")).unwrap_or_default(),
+                if u > 0 { format!("{u} events in the log were never acknowledged to the publisher (an answer lost in the restart); the clients count them as expected.") } else { String::new() }
+            ),
+        }
+    )
 }
 
 async fn tidewire_bin(args: &AllArgs) -> Result<PathBuf, BenchError> {
@@ -559,21 +510,39 @@ async fn tidewire_bin(args: &AllArgs) -> Result<PathBuf, BenchError> {
 async fn all(mut args: AllArgs) -> Result<(), BenchError> {
     let smoke = args.smoke;
     if args.subscribers.is_empty() {
-        args.subscribers = vec![if smoke { 50 } else { 1000 }];
+        args.subscribers = if smoke { vec![60] } else { vec![1000, 10_000] };
     }
     let runs = args.runs.unwrap_or(if smoke { 1 } else { 3 });
     args.runs = Some(runs);
     let ph = Phases {
-        fanout: Duration::from_secs_f64(args.fanout_secs.unwrap_or(if smoke { 1.0 } else { 10.0 })),
+        fanout: Duration::from_secs_f64(args.fanout_secs.unwrap_or(if smoke { 1.0 } else { 5.0 })),
         latency: Duration::from_secs_f64(args.latency_secs.unwrap_or(if smoke {
             1.0
         } else {
-            5.0
+            4.0
         })),
         settle: Duration::from_millis(if smoke { 300 } else { 1000 }),
         rate: if smoke { args.rate.min(20) } else { args.rate }.max(1),
         publishers: args.publishers.max(1),
+        per_worker: args
+            .per_worker
+            .unwrap_or(if smoke { 30 } else { 10_000 })
+            .max(1),
     };
+    let storm_clients = args
+        .storm_clients
+        .unwrap_or(if smoke { 300 } else { 15_000 });
+    let storm_cfg = StormConfig {
+        clients: storm_clients,
+        per_worker: if smoke { 150 } else { ph.per_worker },
+        rooms: 10,
+        rate: args.storm_rate.max(1),
+        before: Duration::from_secs(if smoke { 1 } else { 3 }),
+        after: Duration::from_secs(2),
+        drain_ms: 5000,
+    };
+    let run_storm =
+        storm_clients > 0 && (args.only.is_empty() || args.only.iter().any(|o| o == "storm"));
     let bin = tidewire_bin(&args).await?;
     let targets: Vec<Target> = TARGETS
         .iter()
@@ -598,7 +567,17 @@ async fn all(mut args: AllArgs) -> Result<(), BenchError> {
             }
         }
     }
-    let table = report(&results, &args, &ph);
+    let storm = if run_storm {
+        let r = storm::run(&storm_cfg, &bin).await?;
+        eprintln!("storm: {r:?}");
+        Some(r)
+    } else {
+        None
+    };
+    let mut table = report(&results, &args, &ph);
+    if let Some(r) = &storm {
+        table.push_str(&storm_report(r, &storm_cfg));
+    }
     println!("{table}");
     if smoke {
         let mut bad = Vec::new();
@@ -607,6 +586,11 @@ async fn all(mut args: AllArgs) -> Result<(), BenchError> {
                 if m.connected != *n || m.deliveries_per_s <= 0.0 || !m.p99_ms.is_finite() {
                     bad.push(format!("{name} N={n}: {m:?}"));
                 }
+            }
+        }
+        if let Some(r) = &storm {
+            if !r.clean() {
+                bad.push(format!("storm: {r:?}"));
             }
         }
         if !bad.is_empty() {
@@ -638,6 +622,7 @@ async fn main() {
     let r = match cli.cmd {
         Cmd::All(a) => all(a).await,
         Cmd::Baseline { listen } => baseline::serve(listen).await,
+        Cmd::Worker(w) => worker::serve(w).await,
     };
     if let Err(e) = r {
         eprintln!("tidewire-bench: {e}");
@@ -650,13 +635,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_and_medians_pick_the_right_sample() {
-        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
-        assert_eq!(percentile(&v, 0.5), 51.0);
-        assert_eq!(percentile(&v, 0.99), 100.0);
-        assert!(percentile(&[], 0.5).is_nan());
+    fn medians_ratios_and_latency_rates() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(ratio(4.0, 2.0), "2.00×");
         assert_eq!(ratio(1.0, 0.0), "n/a");
+        let ph = Phases {
+            fanout: Duration::ZERO,
+            latency: Duration::ZERO,
+            settle: Duration::ZERO,
+            rate: 100,
+            publishers: 1,
+            per_worker: 1,
+        };
+        assert_eq!(ph.rate_at(1000), 100);
+        assert_eq!(ph.rate_at(10_000), 10);
+        assert_eq!(ph.rate_at(60), 100);
+        assert_eq!(ph.rate_at(1_000_000), 1);
     }
 }
