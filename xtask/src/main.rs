@@ -41,8 +41,9 @@ commands:
                          run every check and test; --quick skips the npm package and browser
                          tests; --from N starts at step N (see --list)
   test --list            print the numbered steps of `test`
-  bench [ARGS]           compare Tidewire with Socket.IO and a bare axum server (bench/);
-                         writes docs/benchmarks.md; --smoke for a quick check
+  bench [ARGS]           compare Tidewire with Socket.IO and a bare axum server at 1,000 and
+                         10,000 subscribers, then a reconnect storm (bench/); writes
+                         docs/benchmarks.md; --smoke for a quick check
   setup [--quick]        install what is missing, nothing else
 ";
 
@@ -150,18 +151,12 @@ fn main() -> ExitCode {
 }
 
 /// `cargo xtask bench [ARGS]`: the side-by-side comparison with Socket.IO and a bare axum
-/// server (bench/, its own workspace), which writes docs/benchmarks.md. Extra arguments go to
-/// the benchmark (`--smoke`, `--subscribers 1000,10000`, `--runs N`, ...).
+/// server (bench/, a workspace member built in release), then the reconnect storm; writes
+/// docs/benchmarks.md. Extra arguments go to the benchmark (`--smoke`, `--subscribers
+/// 1000,10000`, `--runs N`, `--only tidewire-sse,storm`, ...).
 fn bench(ctx: &Ctx, rest: &[&str]) -> Result<(), Error> {
     Setup::default().ensure(ctx, &[Tool::Node])?;
-    let mut args = vec![
-        "run",
-        "--release",
-        "--manifest-path",
-        "bench/Cargo.toml",
-        "--",
-        "all",
-    ];
+    let mut args = vec!["run", "--release", "-p", "tidewire-bench", "--", "all"];
     args.extend_from_slice(rest);
     run(&ctx.root, &ctx.cargo, &args, &[]).map(drop)
 }
@@ -183,7 +178,8 @@ fn prepend_cargo_bin_to_path() {
 /// The prerequisites of `test` (or `test --quick`).
 fn tools(quick: bool) -> Vec<Tool> {
     if quick {
-        vec![Tool::WasmTarget]
+        // Node: the benchmark smoke runs the Socket.IO peer.
+        vec![Tool::WasmTarget, Tool::Node]
     } else {
         vec![
             Tool::WasmTarget,

@@ -160,6 +160,39 @@ pub const STEPS: &[Step] = &[
             "--lib",
         ]),
     ),
+    // The benchmark's smoke: every target delivers, and a small reconnect storm over two worker
+    // processes loses and duplicates nothing. Debug build of the workspace member `bench`, so
+    // it reuses what "native tests" built; the servers are the debug `tidewire` and Node.
+    Step::new(
+        "npm ci (bench/socketio)",
+        Native,
+        Some("bench/socketio/package-lock.json"),
+        "bench/socketio",
+        NpmCi,
+    ),
+    Step::new(
+        "benchmark binaries (tidewire, tidewire-bench)",
+        Native,
+        Some("bench/Cargo.toml"),
+        ".",
+        // Same feature resolution as "native tests": only the two binaries get linked.
+        Cargo(&["build", "--workspace", "--bins", "--tests"]),
+    ),
+    Step::new(
+        "benchmark smoke (tidewire-bench all --smoke)",
+        Native,
+        Some("bench/Cargo.toml"),
+        ".",
+        Exec(
+            "{target-dir}/debug/tidewire-bench",
+            &[
+                "all",
+                "--smoke",
+                "--tidewire-bin",
+                "{target-dir}/debug/tidewire",
+            ],
+        ),
+    ),
     Step::new(
         "protocol crate on wasm32",
         Wasm,
