@@ -427,6 +427,7 @@ fn report(results: &[(&'static str, usize, Vec<Measure>)], args: &AllArgs, ph: &
     };
     s.push_str("\n### Ratios (medians of the same run)\n\n| N | metric | Tidewire SSE / axum SSE | Tidewire WS / axum WS | Tidewire SSE / Socket.IO | Tidewire WS / Socket.IO |\n|---|---|---|---|---|---|\n");
     let mut ns: Vec<usize> = results.iter().map(|r| r.1).collect();
+    ns.sort_unstable();
     ns.dedup();
     for n in ns {
         let d = |x: &str| get(x, n, &|m| m.deliveries_per_s);
