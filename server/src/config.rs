@@ -122,6 +122,10 @@ pub struct Config {
     /// Burst of writes per client key.
     #[arg(long, env = "TIDEWIRE_WRITE_BURST", default_value_t = 200)]
     pub write_burst: u32,
+    /// Connections waiting to be accepted (the listen backlog; the kernel caps it at
+    /// `net.core.somaxconn`). Large, so a reconnect storm after a restart is not dropped SYNs.
+    #[arg(long, env = "TIDEWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Load balancers and reverse proxies whose `X-Forwarded-For` is believed: IP addresses or
     /// CIDR blocks, comma-separated. Anonymous clients behind them are keyed (for limits) by the
     /// rightmost address in the header that is not itself a trusted proxy, not by the proxy's.
@@ -194,6 +198,7 @@ mod tests {
         assert!(c.cors_origin.is_empty());
         assert!(c.redis.is_none());
         assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.listen_backlog, 4096);
     }
 
     #[test]

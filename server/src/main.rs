@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let Command::Serve(config) = command;
     let config = *config;
     let listen = config.listen;
+    let backlog = config.listen_backlog;
     let drain = config.drain_window();
     let server = match Server::new(config).await {
         Ok(s) => s,
@@ -34,9 +35,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let listener =
+        bind(listen, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     {
         let mut out = std::io::stdout().lock();
@@ -63,4 +63,19 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     tracing::info!("drained; bye");
     Ok(())
+}
+
+/// A listening socket with room for `backlog` connections waiting to be accepted (the kernel
+/// caps it at `net.core.somaxconn`). Tokio's default of 1,024 overflows when thousands of
+/// clients reconnect at once after a restart, and each dropped SYN costs its client a
+/// 1–3 s kernel retry.
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -128,3 +128,36 @@ async fn cors_preflight_allows_the_write_headers() {
         "another origin is not allowed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_is_the_configured_one() {
+    // `ss` shows a listening socket's backlog in its Send-Q column.
+    let backlog_of = |server: &Server| {
+        let port = server.addr().port();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("`ss` (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no listener on {port}: {text}"));
+        line.split_whitespace()
+            .nth(2)
+            .and_then(|q| q.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no Send-Q in `{line}`"))
+    };
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let default = start(Server::builder());
+    assert_eq!(
+        backlog_of(&default),
+        4096.min(somaxconn),
+        "the default backlog"
+    );
+    let small = start(Server::builder().flag("listen-backlog", 100));
+    assert_eq!(backlog_of(&small), 100);
+}
