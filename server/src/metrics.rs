@@ -9,7 +9,7 @@
 //! | `tidewire_slow_consumer_disconnects_total` | counter | `transport` |
 //! | `tidewire_replays_total`, `tidewire_resyncs_total` | counter | |
 //! | `tidewire_bus_duplicates_total`, `tidewire_bus_gaps_filled_total` | counter | |
-//! | `tidewire_write_latency_seconds` | summary | |
+//! | `tidewire_write_latency_seconds`, `tidewire_write_batch_size` | summary | |
 //!
 //! ```
 //! let handle = tidewire_server::metrics::install();
@@ -90,7 +90,12 @@ pub fn gap_filled() {
     metrics::counter!("tidewire_bus_gaps_filled_total").increment(1);
 }
 
-/// How long a write took (store + publish).
+/// How many writes one commit carried (group commit).
+pub fn write_batch(writes: usize) {
+    metrics::histogram!("tidewire_write_batch_size").record(writes as f64);
+}
+
+/// Time from a write's arrival to its answer (commit and publish included).
 pub fn write_latency(d: Duration) {
     metrics::histogram!("tidewire_write_latency_seconds").record(d.as_secs_f64());
 }

@@ -1,8 +1,13 @@
 //! The write path: store, then publish, in seq order per room.
 //!
-//! A room's writes are serialised by a striped async mutex held across commit and publish, so
-//! events of one room reach the bus in `seq` order. Ephemeral messages (broadcast, presence)
-//! go straight to the bus.
+//! A room's writes go through one of a fixed set of lanes (striped by room). A lane's writes
+//! are committed by one task at a time: it takes every write waiting in the lane, hands them
+//! to [`Store::write_batch`] (one transaction and one commit on SQLite: group commit), then
+//! publishes the appended events in `seq` order and answers each writer. Writes that arrive
+//! while a batch commits form the next batch, so under load one commit serves many writes,
+//! and with one writer a batch is just that write. The committing task is spawned, so a
+//! writer that goes away (a closed HTTP request) never strands the others of its batch.
+//! Ephemeral messages (broadcast, presence) go straight to the bus.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -19,19 +24,60 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::Value;
 use tidewire_protocol::{BroadcastData, Envelope, Event, Member};
-use tokio::sync::Mutex;
+use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage};
 use crate::presence::Presence;
 use crate::store::{now, Store, WriteRequest, Written};
-use crate::{metrics, Result};
+use crate::{metrics, Error, Result};
 
 const STRIPES: usize = 256;
+
+/// Most writes committed as one batch.
+const MAX_BATCH: usize = 64;
+
+type Answer = oneshot::Sender<Result<Written>>;
+
+/// The writes of the rooms hashed to one stripe, waiting for their commit.
+#[derive(Default)]
+struct Lane {
+    state: Mutex<LaneState>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    pending: Vec<(WriteRequest, Answer)>,
+    /// A task is committing this lane's writes (it takes new ones until none are left).
+    committing: bool,
+}
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Ends a lane's committing task: if it stops early (a panic), the writes still waiting are
+/// answered with an error (their senders drop) and the next write starts a new task.
+struct Committing {
+    lane: Arc<Lane>,
+    done: bool,
+}
+
+impl Drop for Committing {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut st = self.lane.lock();
+            st.committing = false;
+            st.pending.clear();
+        }
+    }
+}
 
 /// Store, bus and presence, and the ordering of writes.
 pub struct Service {
@@ -41,7 +87,7 @@ pub struct Service {
     pub bus: Arc<dyn Bus>,
     /// Presence sets.
     pub presence: Arc<dyn Presence>,
-    stripes: Vec<Mutex<()>>,
+    lanes: Vec<Arc<Lane>>,
 }
 
 /// An ephemeral envelope's JSON.
@@ -56,32 +102,40 @@ impl Service {
             store,
             bus,
             presence,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            lanes: (0..STRIPES).map(|_| Arc::new(Lane::default())).collect(),
         }
     }
 
-    fn stripe(&self, room: &str) -> &Mutex<()> {
+    fn lane(&self, room: &str) -> &Arc<Lane> {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        &self.lanes[(h.finish() as usize) % STRIPES]
     }
 
-    /// Appends, then publishes (not when the write was a replay).
+    /// Appends, then publishes (not when the write was a replay); answers once the event is
+    /// durable and published.
     pub async fn write(&self, req: WriteRequest) -> Result<Written> {
         let started = Instant::now();
-        let _guard = self.stripe(&req.room).lock().await;
-        let written = self.store.write(req).await?;
-        if !written.replayed {
-            let seq = written.envelope.seq.unwrap_or_default();
-            self.bus
-                .publish(BusMessage::durable(
-                    &written.envelope.room,
-                    seq,
-                    written.json.clone().into(),
-                ))
-                .await?;
-            metrics::event_in();
+        let lane = self.lane(&req.room);
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut st = lane.lock();
+            st.pending.push((req, answer));
+            !std::mem::replace(&mut st.committing, true)
+        };
+        if start {
+            tokio::spawn(commit(
+                Committing {
+                    lane: lane.clone(),
+                    done: false,
+                },
+                self.store.clone(),
+                self.bus.clone(),
+            ));
         }
+        let written = answered
+            .await
+            .map_err(|_| Error::Internal("the write's commit stopped".into()))??;
         metrics::write_latency(started.elapsed());
         Ok(written)
     }
@@ -129,5 +183,42 @@ impl Service {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Commits a lane's waiting writes batch by batch until none are left.
+async fn commit(mut lane: Committing, store: Arc<dyn Store>, bus: Arc<dyn Bus>) {
+    loop {
+        let batch: Vec<(WriteRequest, Answer)> = {
+            let mut st = lane.lane.lock();
+            if st.pending.is_empty() {
+                st.committing = false;
+                lane.done = true;
+                return;
+            }
+            let n = st.pending.len().min(MAX_BATCH);
+            st.pending.drain(..n).collect()
+        };
+        let (reqs, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        metrics::write_batch(reqs.len());
+        let results = store.write_batch(reqs).await;
+        for (result, answer) in results.into_iter().zip(answers) {
+            let result = match result {
+                Ok(written) if !written.replayed => {
+                    let seq = written.envelope.seq.unwrap_or_default();
+                    let published = bus
+                        .publish(BusMessage::durable(
+                            &written.envelope.room,
+                            seq,
+                            written.json.clone().into(),
+                        ))
+                        .await;
+                    metrics::event_in();
+                    published.map(|()| written)
+                }
+                other => other,
+            };
+            let _ = answer.send(result);
+        }
     }
 }

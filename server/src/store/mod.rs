@@ -185,10 +185,24 @@ impl Default for Retention {
 ///   `Error::HistoryTrimmed`; `after == 0` reads from the start of the retained log.
 /// - Retention keeps at most `events` per room and nothing older than `secs`; trimming never
 ///   lowers a room's head.
+/// - `write_batch(reqs)` answers, in order, exactly what `write` would have answered for each
+///   request applied one after the other (each sees the writes before it: their `seq`, items
+///   and idempotency keys), and answers none of them before all its appended events are
+///   durable. One request's error (conflict, not found, key reused) does not fail the others.
+///   A backend may commit the batch as one transaction (group commit).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Appends one event (see the contract above).
     async fn write(&self, req: WriteRequest) -> Result<Written>;
+    /// Applies several writes in order (see the contract above). By default one transaction
+    /// per write.
+    async fn write_batch(&self, reqs: Vec<WriteRequest>) -> Vec<Result<Written>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.write(req).await);
+        }
+        out
+    }
     /// Live items and the seq they reflect.
     async fn snapshot(&self, room: &str) -> Result<Snapshot>;
     /// The seq of the room's last event (0 when it has none).

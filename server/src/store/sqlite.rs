@@ -1,6 +1,9 @@
 //! The SQLite [`Store`]: embedded, one file (or memory), created and migrated on first run,
 //! WAL journal. Writes are serialised by one async mutex (SQLite has one writer anyway), so
-//! the read-check-append of a write needs no retry loop.
+//! the read-check-append of a write needs no retry loop. A batch of writes
+//! ([`Store::write_batch`]) shares one transaction and one commit: the room's row is read
+//! once, the events are inserted by one statement, and retention and the new head are
+//! written once.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -58,6 +61,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_ms);",
 ];
 
+/// Most events inserted by one statement (4 bound values each, well under SQLite's limit).
+const INSERT_ROWS: usize = 128;
+
 /// The SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -92,8 +98,10 @@ impl SqliteStore {
             // A connection whose rollback failed (a full disk fails it too) would come back
             // still inside its transaction and every later write on it would fail: close it
             // instead, and let the pool open a fresh one.
+            // An embedded database cannot drop a connection: no ping round trip per acquire.
             SqlitePoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .before_acquire(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
         }
         .connect_with(opts)
@@ -129,16 +137,92 @@ impl SqliteStore {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn write(&self, req: WriteRequest) -> Result<Written> {
-        let _guard = self.write_lock.lock().await;
-        let (ts, now_ms) = now();
-        let fingerprint = req.key.as_ref().map(|_| req.fingerprint());
-        // IMMEDIATE takes the write lock up front, so a busy database waits (busy_timeout)
-        // instead of failing when a deferred transaction upgrades from read to write.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+/// A room's row as a batch found it and as the batch leaves it.
+struct RoomHead {
+    room: String,
+    head: u64,
+    trimmed_through: u64,
+    appended: bool,
+}
 
+impl SqliteStore {
+    /// Applies `reqs` in order inside one `BEGIN IMMEDIATE` transaction and commits once.
+    /// The outer error is a database failure that spoils the whole transaction (nothing was
+    /// committed); the inner results are each write's own outcome. Every check a write makes
+    /// (idempotency, If-Match, not found) happens before it changes anything, so a refused
+    /// write leaves nothing behind in the transaction.
+    async fn write_all(&self, reqs: &[WriteRequest]) -> Result<Vec<Result<Written>>> {
+        let (ts, now_ms) = now();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut rooms: Vec<RoomHead> = Vec::new();
+        let mut out = Vec::with_capacity(reqs.len());
+        // The appended events, inserted together at the end: no write of the batch reads the
+        // events table, only items and idempotency keys.
+        let mut events: Vec<(usize, u64)> = Vec::new();
+        for req in reqs {
+            let i = match rooms.iter().position(|r| r.room == req.room) {
+                Some(i) => i,
+                None => {
+                    let row = sqlx::query("SELECT head, trimmed_through FROM rooms WHERE room = ?")
+                        .bind(&req.room)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let (head, trimmed_through) = row
+                        .map(|r| (Self::to_u64(r.get(0)), Self::to_u64(r.get(1))))
+                        .unwrap_or((0, 0));
+                    rooms.push(RoomHead {
+                        room: req.room.clone(),
+                        head,
+                        trimmed_through,
+                        appended: false,
+                    });
+                    rooms.len() - 1
+                }
+            };
+            let result = self.apply(&mut tx, req, &ts, now_ms, rooms[i].head).await?;
+            if let Ok(w) = &result {
+                if !w.replayed {
+                    rooms[i].head += 1;
+                    rooms[i].appended = true;
+                    events.push((out.len(), rooms[i].head));
+                }
+            }
+            out.push(result);
+        }
+        for chunk in events.chunks(INSERT_ROWS) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO events (room, seq, ts_ms, envelope) ",
+            );
+            insert.push_values(chunk, |mut row, &(i, seq)| {
+                let (room, json) = match &out[i] {
+                    Ok(w) => (w.envelope.room.as_str(), w.json.as_str()),
+                    Err(_) => unreachable!("only appended writes are listed"),
+                };
+                row.push_bind(room)
+                    .push_bind(seq as i64)
+                    .push_bind(now_ms)
+                    .push_bind(json);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        for room in rooms.iter().filter(|r| r.appended) {
+            self.finish_room(&mut tx, room, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// One write inside the batch's transaction, the room's head being `head`: checks, the
+    /// item row and the idempotency key (the event itself is inserted by the caller).
+    async fn apply(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        req: &WriteRequest,
+        ts: &str,
+        now_ms: i64,
+        head: u64,
+    ) -> Result<Result<Written>> {
+        let fingerprint = req.key.as_ref().map(|_| req.fingerprint());
         if let (Some(key), Some(fp)) = (&req.key, &fingerprint) {
             let ttl_ms = (self.retention.idempotency_secs as i64).saturating_mul(1000);
             let row = sqlx::query(
@@ -153,25 +237,18 @@ impl Store for SqliteStore {
             if let Some(row) = row {
                 let stored_fp: String = row.get(0);
                 if &stored_fp != fp {
-                    return Err(Error::IdempotencyKeyReused(key.clone()));
+                    return Ok(Err(Error::IdempotencyKeyReused(key.clone())));
                 }
                 let json: String = row.get(1);
-                let envelope = Envelope::decode(&json)?;
-                return Ok(Written {
-                    envelope,
-                    json,
-                    replayed: true,
-                });
+                return Ok(Envelope::decode(&json)
+                    .map_err(Error::from)
+                    .map(|envelope| Written {
+                        envelope,
+                        json,
+                        replayed: true,
+                    }));
             }
         }
-
-        let room_row = sqlx::query("SELECT head, trimmed_through FROM rooms WHERE room = ?")
-            .bind(&req.room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (head, trimmed_through) = room_row
-            .map(|r| (Self::to_u64(r.get(0)), Self::to_u64(r.get(1))))
-            .unwrap_or((0, 0));
         let seq = head + 1;
 
         let stored = match &req.op {
@@ -188,7 +265,10 @@ impl Store for SqliteStore {
             }
             WriteOp::Publish(_) => None,
         };
-        let (event, change) = plan::decide(&req, stored)?;
+        let (event, change) = match plan::decide(req, stored) {
+            Ok(decided) => decided,
+            Err(err) => return Ok(Err(err)),
+        };
         match &change {
             ItemChange::Upsert {
                 id,
@@ -206,7 +286,7 @@ impl Store for SqliteStore {
                 .bind(id)
                 .bind(value_json)
                 .bind(*version as i64)
-                .bind(&ts)
+                .bind(ts)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -216,7 +296,7 @@ impl Store for SqliteStore {
                      WHERE room = ? AND id = ?",
                 )
                 .bind(*version as i64)
-                .bind(&ts)
+                .bind(ts)
                 .bind(&req.room)
                 .bind(id)
                 .execute(&mut *tx)
@@ -224,58 +304,7 @@ impl Store for SqliteStore {
             }
             ItemChange::None => {}
         }
-        let (envelope, json) = plan::envelope(&req, seq, ts, event);
-        sqlx::query("INSERT INTO events (room, seq, ts_ms, envelope) VALUES (?, ?, ?, ?)")
-            .bind(&req.room)
-            .bind(seq as i64)
-            .bind(now_ms)
-            .bind(&json)
-            .execute(&mut *tx)
-            .await?;
-
-        // Retention for this room: at most `events`, nothing older than `secs`.
-        let mut new_trimmed = trimmed_through;
-        if seq > self.retention.events {
-            new_trimmed = new_trimmed.max(seq - self.retention.events);
-        }
-        let cutoff = now_ms.saturating_sub((self.retention.secs as i64).saturating_mul(1000));
-        // Cheap check first: only when the oldest retained event expired, find how many did.
-        let oldest_ts: Option<i64> = sqlx::query_scalar(
-            "SELECT ts_ms FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT 1",
-        )
-        .bind(&req.room)
-        .bind(new_trimmed as i64)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if oldest_ts.is_some_and(|ts| ts < cutoff) {
-            let old: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE room = ? AND ts_ms < ?")
-                    .bind(&req.room)
-                    .bind(cutoff)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if let Some(old) = old {
-                new_trimmed = new_trimmed.max(Self::to_u64(old));
-            }
-        }
-        if new_trimmed > trimmed_through {
-            sqlx::query("DELETE FROM events WHERE room = ? AND seq <= ?")
-                .bind(&req.room)
-                .bind(new_trimmed as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO rooms (room, head, trimmed_through) VALUES (?, ?, ?)
-             ON CONFLICT (room) DO UPDATE SET head = excluded.head,
-               trimmed_through = excluded.trimmed_through",
-        )
-        .bind(&req.room)
-        .bind(seq as i64)
-        .bind(new_trimmed as i64)
-        .execute(&mut *tx)
-        .await?;
-
+        let (envelope, json) = plan::envelope(req, seq, ts.to_owned(), event);
         if let (Some(key), Some(fp)) = (&req.key, &fingerprint) {
             sqlx::query(
                 "INSERT OR REPLACE INTO idempotency (room, key, fingerprint, status, response, created_ms)
@@ -289,12 +318,96 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
-        Ok(Written {
+        Ok(Ok(Written {
             envelope,
             json,
             replayed: false,
-        })
+        }))
+    }
+
+    /// After a batch appended to `room`: retention (at most `events`, nothing older than
+    /// `secs`) and the new head.
+    async fn finish_room(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        room: &RoomHead,
+        now_ms: i64,
+    ) -> Result<()> {
+        let mut new_trimmed = room.trimmed_through;
+        if room.head > self.retention.events {
+            new_trimmed = new_trimmed.max(room.head - self.retention.events);
+        }
+        let cutoff = now_ms.saturating_sub((self.retention.secs as i64).saturating_mul(1000));
+        // Cheap check first: only when the oldest retained event expired, find how many did.
+        let oldest_ts: Option<i64> = sqlx::query_scalar(
+            "SELECT ts_ms FROM events WHERE room = ? AND seq > ? ORDER BY seq LIMIT 1",
+        )
+        .bind(&room.room)
+        .bind(new_trimmed as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if oldest_ts.is_some_and(|ts| ts < cutoff) {
+            let old: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM events WHERE room = ? AND ts_ms < ?")
+                    .bind(&room.room)
+                    .bind(cutoff)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if let Some(old) = old {
+                new_trimmed = new_trimmed.max(Self::to_u64(old));
+            }
+        }
+        if new_trimmed > room.trimmed_through {
+            sqlx::query("DELETE FROM events WHERE room = ? AND seq <= ?")
+                .bind(&room.room)
+                .bind(new_trimmed as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO rooms (room, head, trimmed_through) VALUES (?, ?, ?)
+             ON CONFLICT (room) DO UPDATE SET head = excluded.head,
+               trimmed_through = excluded.trimmed_through",
+        )
+        .bind(&room.room)
+        .bind(room.head as i64)
+        .bind(new_trimmed as i64)
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, req: WriteRequest) -> Result<Written> {
+        let _guard = self.write_lock.lock().await;
+        self.write_all(std::slice::from_ref(&req))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("a write answered nothing".into())))
+    }
+
+    /// One transaction, one commit for the whole batch. When the database fails it (a full
+    /// disk, say) each write is tried again alone, so one bad write fails only itself.
+    async fn write_batch(&self, reqs: Vec<WriteRequest>) -> Vec<Result<Written>> {
+        let _guard = self.write_lock.lock().await;
+        match self.write_all(&reqs).await {
+            Ok(out) => out,
+            Err(err) if reqs.len() == 1 => vec![Err(err)],
+            Err(_) => {
+                let mut out = Vec::with_capacity(reqs.len());
+                for req in &reqs {
+                    out.push(match self.write_all(std::slice::from_ref(req)).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| {
+                            Err(Error::Internal("a write answered nothing".into()))
+                        }),
+                        Err(err) => Err(err),
+                    });
+                }
+                out
+            }
+        }
     }
 
     async fn snapshot(&self, room: &str) -> Result<Snapshot> {

@@ -52,6 +52,8 @@ pub async fn run(store: &dyn Store) {
     retention_by_count(store).await;
     retention_by_time(store).await;
     read_after_limit(store).await;
+    batch(store).await;
+    batch_retention(store).await;
 }
 
 /// Runs the concurrency test, which needs a shared store.
@@ -258,4 +260,72 @@ async fn read_after_limit(store: &dyn Store) {
     assert!(store.read("rd", 4, 10).await.unwrap().is_empty());
     assert!(store.read("rd", 40, 10).await.unwrap().is_empty());
     assert!(store.read("rd-none", 0, 10).await.unwrap().is_empty());
+}
+
+/// A batch answers what the same writes one after the other would have answered.
+async fn batch(store: &dyn Store) {
+    store.write(publish("bat", "e")).await.unwrap();
+    let results = store
+        .write_batch(vec![
+            publish("bat", "e"),
+            put("bat", "x", json!(1)).if_match(0),
+            put("bat", "x", json!(2)).if_match(0),
+            put("bat-2", "y", json!(1)).key("k"),
+            put("bat", "y", json!(1)).key("k"),
+            put("bat", "y", json!(1)).key("k"),
+            put("bat", "y", json!(2)).key("k"),
+            WriteRequest::new("bat", WriteOp::Delete { id: "z".into() }),
+            put("bat", "x", json!(3)).if_match(1),
+        ])
+        .await;
+    assert_eq!(results.len(), 9);
+    let seq = |i: usize| match &results[i] {
+        Ok(w) => (w.envelope.room.clone(), w.envelope.seq.unwrap(), w.replayed),
+        Err(e) => panic!("write {i}: {e}"),
+    };
+    assert_eq!(seq(0), ("bat".into(), 2, false));
+    assert_eq!(seq(1), ("bat".into(), 3, false));
+    assert!(
+        matches!(&results[2], Err(Error::VersionConflict { current: Some(c), .. }) if c.version == 1),
+        "sees the put before it"
+    );
+    assert_eq!(seq(3), ("bat-2".into(), 1, false), "rooms are independent");
+    assert_eq!(seq(4), ("bat".into(), 4, false));
+    assert_eq!(
+        seq(5),
+        ("bat".into(), 4, true),
+        "the key recorded just before"
+    );
+    match (&results[4], &results[5]) {
+        (Ok(a), Ok(b)) => assert_eq!(a.json, b.json, "same response bytes"),
+        _ => unreachable!(),
+    }
+    assert!(matches!(&results[6], Err(Error::IdempotencyKeyReused(_))));
+    assert!(matches!(&results[7], Err(Error::NotFound(_))));
+    assert_eq!(seq(8), ("bat".into(), 5, false));
+    assert_eq!(store.head("bat").await.unwrap(), 5);
+    assert_eq!(store.head("bat-2").await.unwrap(), 1);
+    let log = store.read("bat", 1, 10).await.unwrap();
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4, 5]);
+    let snap = store.snapshot("bat").await.unwrap();
+    assert_eq!(snap.seq, 5);
+    assert_eq!(
+        (snap.items["x"].version, &snap.items["x"].value),
+        (2, &json!(3))
+    );
+    assert!(store.write_batch(Vec::new()).await.is_empty());
+}
+
+/// Retention holds after a batch appends past the per-room limit.
+async fn batch_retention(store: &dyn Store) {
+    let results = store
+        .write_batch((0..7).map(|_| publish("bat-ret", "e")).collect())
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    let all = store.read("bat-ret", 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3, 4, 5, 6, 7]
+    );
+    assert_eq!(store.head("bat-ret").await.unwrap(), 7);
 }
