@@ -2,8 +2,9 @@
 //!
 //! The hub pushes without waiting; when a connection's queue is full the connection is marked
 //! slow, its transport closes it (`slow_consumer`), and the client resumes from its position.
-//! Server memory per connection is bounded by the capacity, and payloads are shared bytes
-//! serialised once for all subscribers.
+//! Server memory per connection is bounded by the capacity and follows what is queued (an
+//! idle connection holds no slots), and payloads are shared bytes serialised once for all
+//! subscribers.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -16,11 +17,14 @@
 //! # });
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, Notify};
+use futures::task::AtomicWaker;
+use tokio::sync::Notify;
 
 /// One item for a connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,86 +53,137 @@ pub enum Push {
     Closed,
 }
 
-#[derive(Debug, Default)]
+/// Above this many slots an emptied queue gives its memory back.
+const KEEP_SLOTS: usize = 64;
+
+/// The queue itself: it grows with what is queued (an idle connection holds no slots) up to
+/// `capacity`.
+#[derive(Debug)]
 struct State {
+    items: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// The reader waiting for an item.
+    reader: AtomicWaker,
     slow: AtomicBool,
+    /// The inbox is gone.
+    closed: AtomicBool,
+    /// Wakes [`Inbox::wait_slow`].
     notify: Notify,
+}
+
+impl State {
+    fn items(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Acquire)
+    }
+
+    /// The next item, unless the connection is slow.
+    fn pop(&self) -> Option<Outbound> {
+        if self.is_slow() {
+            return None;
+        }
+        let mut items = self.items();
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > KEEP_SLOTS {
+            *items = VecDeque::new();
+        }
+        item
+    }
 }
 
 /// The sending side, held by the hub (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
     state: Arc<State>,
 }
 
 /// The receiving side, drained by the connection's transport.
 #[derive(Debug)]
 pub struct Inbox {
-    rx: mpsc::Receiver<Outbound>,
     state: Arc<State>,
 }
 
 /// A queue holding at most `capacity` items.
 pub fn queue(capacity: usize) -> (Outbox, Inbox) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let state = Arc::new(State::default());
+    let state = Arc::new(State {
+        items: Mutex::new(VecDeque::new()),
+        capacity: capacity.max(1),
+        reader: AtomicWaker::new(),
+        slow: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        notify: Notify::new(),
+    });
     (
         Outbox {
-            tx,
             state: state.clone(),
         },
-        Inbox { rx, state },
+        Inbox { state },
     )
 }
 
 impl Outbox {
     /// Queues without waiting.
     pub fn push(&self, item: Outbound) -> Push {
-        if self.state.slow.load(Ordering::Relaxed) {
+        let state = &*self.state;
+        if state.is_slow() {
             return Push::Slow;
         }
-        match self.tx.try_send(item) {
-            Ok(()) => Push::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.state.slow.store(true, Ordering::Relaxed);
-                self.state.notify.notify_one();
-                Push::Slow
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Closed,
+        if state.closed.load(Ordering::Acquire) {
+            return Push::Closed;
         }
+        {
+            let mut items = state.items();
+            if items.len() < state.capacity {
+                items.push_back(item);
+                drop(items);
+                state.reader.wake();
+                return Push::Queued;
+            }
+        }
+        state.slow.store(true, Ordering::Release);
+        state.notify.notify_one();
+        state.reader.wake();
+        Push::Slow
     }
 
     /// Whether the connection fell behind.
     pub fn is_slow(&self) -> bool {
-        self.state.slow.load(Ordering::Relaxed)
+        self.state.is_slow()
     }
 }
 
 impl Inbox {
-    /// The next item; `None` once the connection is slow (or every sender is gone).
+    /// The next item; `None` once the connection is slow.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        if self.is_slow() {
-            return None;
-        }
-        tokio::select! {
-            biased;
-            _ = self.state.notify.notified() => None,
-            item = self.rx.recv() => item,
-        }
+        let state = &*self.state;
+        std::future::poll_fn(|cx| {
+            if let Some(item) = state.pop() {
+                return Poll::Ready(Some(item));
+            }
+            if state.is_slow() {
+                return Poll::Ready(None);
+            }
+            state.reader.register(cx.waker());
+            match state.pop() {
+                Some(item) => Poll::Ready(Some(item)),
+                None if state.is_slow() => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// The next item if one is queued now.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        if self.is_slow() {
-            return None;
-        }
-        self.rx.try_recv().ok()
+        self.state.pop()
     }
 
     /// Whether the connection fell behind.
     pub fn is_slow(&self) -> bool {
-        self.state.slow.load(Ordering::Relaxed)
+        self.state.is_slow()
     }
 
     /// Resolves once the connection is marked slow (to abandon a write that blocks on a
@@ -146,6 +201,13 @@ impl Inbox {
     }
 }
 
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::Release);
+        self.state.items().clear();
+    }
+}
+
 /// See [`Inbox::slow_signal`].
 #[derive(Debug, Clone)]
 pub struct SlowSignal(Arc<State>);
@@ -153,7 +215,7 @@ pub struct SlowSignal(Arc<State>);
 impl SlowSignal {
     /// Resolves once the connection is marked slow.
     pub async fn wait(&self) {
-        while !self.0.slow.load(Ordering::Relaxed) {
+        while !self.0.is_slow() {
             self.0.notify.notified().await;
         }
     }
