@@ -59,8 +59,31 @@ pub fn event_in() {
 
 /// Events and bytes sent on a transport.
 pub fn sent(transport: &'static str, events: u64, bytes: u64) {
-    metrics::counter!("tidewire_events_out_total", "transport" => transport).increment(events);
-    metrics::counter!("tidewire_bytes_out_total", "transport" => transport).increment(bytes);
+    let out = sent_counters(transport);
+    out.events.increment(events);
+    out.bytes.increment(bytes);
+}
+
+struct Sent {
+    events: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+/// The `sent` counters of a transport, looked up in the registry once (they are hit for every
+/// delivery). The server installs the recorder before any connection exists.
+fn sent_counters(transport: &'static str) -> &'static Sent {
+    static SSE: OnceLock<Sent> = OnceLock::new();
+    static WS: OnceLock<Sent> = OnceLock::new();
+    static POLL: OnceLock<Sent> = OnceLock::new();
+    let cell = match transport {
+        "sse" => &SSE,
+        "ws" => &WS,
+        _ => &POLL,
+    };
+    cell.get_or_init(|| Sent {
+        events: metrics::counter!("tidewire_events_out_total", "transport" => transport),
+        bytes: metrics::counter!("tidewire_bytes_out_total", "transport" => transport),
+    })
 }
 
 /// A slow consumer was disconnected.

@@ -165,8 +165,17 @@ type Tx = mpsc::Sender<std::result::Result<Bytes, Infallible>>;
 /// behind that its queue overflowed meanwhile.
 async fn send(tx: &Tx, inbox: &Inbox, buf: Vec<u8>, patience: Duration) -> bool {
     let n = buf.len() as u64;
+    // Usually the body has room: no timer and no wait then.
+    let buf = match tx.try_send(Ok(Bytes::from(buf))) {
+        Ok(()) => {
+            metrics::sent("sse", 0, n);
+            return !inbox.is_slow();
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(buf)) => buf,
+    };
     tokio::select! {
-        sent = tokio::time::timeout(patience, tx.send(Ok(Bytes::from(buf)))) => match sent {
+        sent = tokio::time::timeout(patience, tx.send(buf)) => match sent {
             Ok(Ok(())) => {
                 metrics::sent("sse", 0, n);
                 true
@@ -253,6 +262,8 @@ async fn run(
         }
     };
     tokio::pin!(expiry);
+    let closed = tx.closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
@@ -301,7 +312,7 @@ async fn run(
                 }
                 heartbeat.reset();
             }
-            _ = tx.closed() => return Ok(()),
+            _ = &mut closed => return Ok(()),
             _ = heartbeat.tick() => {
                 if !send(&tx, &session.inbox, hb.clone(), patience).await {
                     return Ok(());

@@ -16,7 +16,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::response::Response;
 use futures::stream::SplitSink;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 use tidewire_protocol::{ClientFrame, Cursor, ErrorCode, ProtocolError, RawAppEvent, ServerFrame};
@@ -174,6 +174,10 @@ impl Conn {
         metrics::sent("ws", self.fed, self.bytes);
         self.fed = 0;
         self.bytes = 0;
+        // Usually the socket takes everything at once: no timer and no wait then.
+        if let Some(done) = self.sink.flush().now_or_never() {
+            return done.is_ok();
+        }
         let patience = self.session.state.config.idle_timeout();
         tokio::select! {
             r = tokio::time::timeout(patience, self.sink.flush()) => matches!(r, Ok(Ok(()))),
