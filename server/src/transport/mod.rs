@@ -239,17 +239,26 @@ impl Session {
     /// Decides what of `item` to send: a durable event the connection already has is
     /// dropped; one past a gap first brings the missing events from the store.
     pub async fn admit(&mut self, item: Outbound) -> Result<Vec<Ready>> {
+        let mut out = Vec::new();
+        self.admit_into(item, &mut out).await?;
+        Ok(out)
+    }
+
+    /// [`Session::admit`], appending to `out` (a buffer the transport reuses).
+    pub async fn admit_into(&mut self, item: Outbound, out: &mut Vec<Ready>) -> Result<()> {
         let (room, seq, payload) = match item {
-            Outbound::Message(payload) => return Ok(vec![Ready { payload, id: None }]),
+            Outbound::Message(payload) => {
+                out.push(Ready { payload, id: None });
+                return Ok(());
+            }
             Outbound::Durable { room, seq, payload } => (room, seq, payload),
         };
         let Some(pos) = self.cursor.get(&room) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         if seq <= pos {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let mut out = Vec::new();
         if seq > pos + 1 {
             match self
                 .state
@@ -269,14 +278,14 @@ impl Session {
                     };
                     out.push(Ready { payload, id: None });
                     if seq <= head {
-                        return Ok(out);
+                        return Ok(());
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
         out.push(self.advance(&room, seq, payload));
-        Ok(out)
+        Ok(())
     }
 
     fn advance(&mut self, room: &str, seq: u64, payload: Utf8Bytes) -> Ready {

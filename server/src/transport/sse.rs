@@ -95,6 +95,7 @@ fn flag(v: Option<&str>) -> bool {
 }
 
 fn push_ready(buf: &mut Vec<u8>, ready: &Ready) {
+    buf.reserve(ready.id.as_ref().map_or(0, |id| id.len() + 5) + ready.payload.len() + 8);
     if let Some(id) = &ready.id {
         buf.extend_from_slice(b"id: ");
         buf.extend_from_slice(id.as_bytes());
@@ -264,6 +265,7 @@ async fn run(
     tokio::pin!(expiry);
     let closed = tx.closed();
     tokio::pin!(closed);
+    let mut ready = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -291,16 +293,17 @@ async fn run(
                 };
                 let mut buf = Vec::new();
                 let mut events = 0;
-                for ready in session.admit(item).await? {
-                    push_ready(&mut buf, &ready);
-                    events += 1;
-                }
-                while buf.len() < MAX_CHUNK {
-                    let Some(more) = session.inbox.try_recv() else { break };
-                    for ready in session.admit(more).await? {
-                        push_ready(&mut buf, &ready);
+                session.admit_into(item, &mut ready).await?;
+                loop {
+                    for r in ready.drain(..) {
+                        push_ready(&mut buf, &r);
                         events += 1;
                     }
+                    if buf.len() >= MAX_CHUNK {
+                        break;
+                    }
+                    let Some(more) = session.inbox.try_recv() else { break };
+                    session.admit_into(more, &mut ready).await?;
                 }
                 if buf.is_empty() {
                     continue;

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tidewire_protocol::{ClientFrame, Cursor, ErrorCode, ProtocolError, RawAppEvent, ServerFrame};
 
 use super::queue::Outbound;
-use super::Session;
+use super::{Ready, Session};
 use crate::identity::{authorize, Access, ClientIdentity};
 use crate::store::{WriteOp, WriteRequest};
 use crate::{metrics, AppState, Error, Result};
@@ -155,6 +155,8 @@ struct Conn {
     sink: Sink,
     fed: u64,
     bytes: u64,
+    /// Reused for what `admit` lets through.
+    ready: Vec<Ready>,
 }
 
 impl Conn {
@@ -186,14 +188,19 @@ impl Conn {
     }
 
     async fn feed_items(&mut self, items: Vec<Outbound>) -> Result<bool> {
+        let mut ready = std::mem::take(&mut self.ready);
+        let mut ok = true;
         for item in items {
-            for ready in self.session.admit(item).await? {
-                if !self.feed(ready.payload).await {
-                    return Ok(false);
-                }
+            self.session.admit_into(item, &mut ready).await?;
+            for r in ready.drain(..) {
+                ok = ok && self.feed(r.payload).await;
+            }
+            if !ok {
+                break;
             }
         }
-        Ok(true)
+        self.ready = ready;
+        Ok(ok)
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
@@ -229,6 +236,7 @@ async fn run(socket: WebSocket, session: Session) {
         sink,
         fed: 0,
         bytes: 0,
+        ready: Vec::new(),
     };
     let draining = state.shutdown.draining();
     tokio::pin!(draining);
