@@ -50,8 +50,13 @@ pub struct Options {
     /// SSE and WebSocket must open within this many milliseconds, or they count as stalled.
     pub open_timeout_ms: u64,
     /// An open SSE stream that brings neither an event nor a heartbeat for twice the server's
-    /// announced heartbeat interval plus this many milliseconds counts as stalled.
+    /// announced heartbeat interval plus this many milliseconds counts as stalled; so does an
+    /// open WebSocket that brings no frame for twice [`Options::ws_ping_ms`] plus this.
     pub heartbeat_slack_ms: u64,
+    /// While a WebSocket is open, the client sends a `ping` frame this often (the server
+    /// answers `pong`); the WebSocket protocol announces no heartbeat interval, so this is the
+    /// interval its stall bound is computed from.
+    pub ws_ping_ms: u64,
     /// How long a fallback transport runs before the client tries the preferred one again.
     pub climb_ms: u64,
     /// How long an out-of-order event waits for the gap before the snapshot is re-fetched.
@@ -80,6 +85,7 @@ impl Options {
             backoff: BackoffConfig::default(),
             open_timeout_ms: 5_000,
             heartbeat_slack_ms: 5_000,
+            ws_ping_ms: 15_000,
             climb_ms: 30_000,
             reorder_ms: 1_000,
             poll_interval_ms: 3_000,
@@ -257,6 +263,7 @@ pub(crate) struct Shared {
     forced: Option<TransportKind>,
     open_timeout_ms: u64,
     heartbeat_slack_ms: u64,
+    ws_ping_ms: u64,
     climb_ms: u64,
     reorder_ms: u64,
     poll_interval_ms: u64,
@@ -343,6 +350,7 @@ impl Client {
             forced: options.transport,
             open_timeout_ms: options.open_timeout_ms,
             heartbeat_slack_ms: options.heartbeat_slack_ms,
+            ws_ping_ms: options.ws_ping_ms.max(1),
             climb_ms: options.climb_ms,
             reorder_ms: options.reorder_ms,
             poll_interval_ms: options.poll_interval_ms,
@@ -716,7 +724,12 @@ impl Shared {
                     // The auth frame goes first: nothing else is accepted before it.
                     first.insert(0, auth_frame(token));
                 }
-                Active::Ws(WsTransport::open(&self.ws_url(), first, sink)?)
+                Active::Ws(WsTransport::open(
+                    &self.ws_url(),
+                    first,
+                    self.ws_ping_ms,
+                    sink,
+                )?)
             }
             TransportKind::LongPoll => Active::Poll(PollLoop::long_poll(
                 self.api.clone(),
@@ -782,8 +795,8 @@ enum End {
     Close,
     Lost {
         opened_for: Option<u64>,
-        /// No answer within the bound: before the first byte, or (SSE) no event and no
-        /// heartbeat within the watchdog bound after it opened.
+        /// No answer within the bound: before the first byte, or no event and no heartbeat
+        /// (SSE) or no frame (WebSocket) within the watchdog bound after it opened.
         stalled: bool,
         /// The server's SSE `retry:` hint, when the stream announced it.
         retry_ms: Option<u64>,
@@ -861,8 +874,8 @@ async fn run(shared: Rc<Shared>, mut rx: UnboundedReceiver<Msg>) {
                 stalled,
                 retry_ms,
             } => {
-                // A connection that never opened, or an SSE stream that stalled after it
-                // opened, may move the client down the ladder (a failed snapshot fetch says
+                // A connection that never opened, or an SSE stream or WebSocket that stalled
+                // after it opened, may move the client down the ladder (a failed snapshot fetch says
                 // nothing about the transport).
                 if (opened_for.is_none() || stalled) && !fetch_failed {
                     let probe = shared.conn.borrow().ladder.needs_probe(kind, stalled);
@@ -957,9 +970,10 @@ async fn connect(
     shared.conn.borrow_mut().active = Some(active);
     let started = now_ms();
     let mut opened_at: Option<u64> = None;
-    // SSE watchdog: the announced heartbeat interval and retry hint, and when the stream last
-    // brought anything (an event or a heartbeat).
-    let mut heartbeat_ms: Option<u64> = None;
+    // Watchdog: the heartbeat interval (SSE: as the server announces it; WebSocket: the
+    // client's own ping interval), the SSE retry hint, and when the connection last brought
+    // anything (an event, a heartbeat, any WebSocket frame).
+    let mut heartbeat_ms: Option<u64> = (kind == TransportKind::Ws).then_some(shared.ws_ping_ms);
     let mut retry_ms: Option<u64> = None;
     let mut last_seen = started;
     let end = loop {
@@ -975,7 +989,7 @@ async fn connect(
         // without one within the open bound is held by a proxy as surely as one that never
         // opened.
         let watchdog = match (kind, opened_at, heartbeat_ms) {
-            (TransportKind::Sse, Some(_), Some(h)) => Some(
+            (TransportKind::Sse | TransportKind::Ws, Some(_), Some(h)) => Some(
                 last_seen
                     .saturating_add(h.saturating_mul(2))
                     .saturating_add(shared.heartbeat_slack_ms),
@@ -1036,9 +1050,13 @@ async fn connect(
                     }
                 }
                 if watchdog.is_some_and(|t| now >= t) {
-                    // Neither an event nor a heartbeat: the stream stalled after it opened
-                    // (a proxy that stopped forwarding). It is closed and counts as a stall.
-                    warn("tidewire: the event stream stalled (no heartbeat)");
+                    // Neither an event nor a heartbeat (nor, on a WebSocket, a `pong`): the
+                    // connection stalled after it opened (a proxy that stopped forwarding, a
+                    // half-open path). It is closed and counts as a stall.
+                    warn(match kind {
+                        TransportKind::Ws => "tidewire: the WebSocket stalled (no frame)",
+                        _ => "tidewire: the event stream stalled (no heartbeat)",
+                    });
                     break End::Lost {
                         opened_for: heartbeat_ms.and(opened_at).map(|t| now - t),
                         stalled: true,
@@ -1062,6 +1080,7 @@ async fn connect(
             }
             Some(Msg::Transport(g, _)) if g != gen => {}
             Some(Msg::Transport(_, m)) => match m {
+                TransportMsg::Alive => last_seen = now,
                 TransportMsg::Heartbeat {
                     heartbeat_ms: h,
                     retry_ms: r,
@@ -1100,6 +1119,7 @@ async fn connect(
                     }
                 }
                 TransportMsg::Ack { r#ref, result } => {
+                    last_seen = now;
                     let waiter = r#ref.and_then(|r| shared.acks.borrow_mut().remove(&r));
                     match (waiter, result) {
                         (Some(tx), result) => {
@@ -1109,7 +1129,10 @@ async fn connect(
                         (None, Ok(_)) => {}
                     }
                 }
-                TransportMsg::Bad(why) => warn(&format!("tidewire: {why}")),
+                TransportMsg::Bad(why) => {
+                    last_seen = now;
+                    warn(&format!("tidewire: {why}"))
+                }
                 TransportMsg::Closed { reason, code } => {
                     if code.is_some_and(|c| c >= 4500) {
                         warn(&format!("tidewire: {reason}"));

@@ -37,8 +37,10 @@ export interface ClientOptions {
   backoff?: { baseMs?: number; capMs?: number; stableMs?: number };
   /** SSE / WebSocket must open within this time or count as stalled (default 5000). */
   openTimeoutMs?: number;
-  /** An open SSE stream with no event and no heartbeat for 2 × the server's heartbeat interval plus this time counts as stalled (default 5000). */
+  /** An open SSE stream with no event and no heartbeat for 2 × the server's heartbeat interval plus this time counts as stalled, and so does an open WebSocket with no frame for 2 × `wsPingMs` plus this time (default 5000). */
   heartbeatSlackMs?: number;
+  /** While a WebSocket is open, the client sends a `ping` frame this often (default 15000). */
+  wsPingMs?: number;
   /** How long a fallback transport runs before trying the preferred one again (default 30000). */
   climbMs?: number;
   /** How long an out-of-order event waits for its gap before the snapshot is re-fetched (default 1000). */
@@ -194,6 +196,7 @@ struct JsOptions {
     backoff: Option<BackoffOptions>,
     open_timeout_ms: Option<u64>,
     heartbeat_slack_ms: Option<u64>,
+    ws_ping_ms: Option<u64>,
     climb_ms: Option<u64>,
     reorder_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
@@ -274,6 +277,9 @@ impl JsClient {
         }
         if let Some(v) = parsed.heartbeat_slack_ms {
             o.heartbeat_slack_ms = v;
+        }
+        if let Some(v) = parsed.ws_ping_ms {
+            o.ws_ping_ms = v;
         }
         if let Some(v) = parsed.climb_ms {
             o.climb_ms = v;

@@ -807,3 +807,107 @@ async fn the_sse_retry_hint_is_the_floor_of_the_next_reconnect_delay() {
     );
     client.close();
 }
+
+#[wasm_bindgen_test]
+async fn websocket_frozen_after_it_opened_is_detected_by_its_pings() {
+    let _serial = serial().await;
+    let ping = 500;
+    let slack = 500;
+    let mut o = options(PROXY, Some(TransportKind::Ws));
+    o.ws_ping_ms = ping;
+    o.heartbeat_slack_ms = slack;
+    o.open_timeout_ms = 2_000;
+    let bound = 2 * ping + slack;
+    let client = Client::new(o).unwrap();
+    let (states, _s) = record_states(&client);
+    let name = unique("wsfreeze");
+    let room = client.room(&name).unwrap();
+    let seqs = Rc::new(RefCell::new(Vec::<u64>::new()));
+    let s = seqs.clone();
+    let _u = room.subscribe(move |u| {
+        if let Cause::Event(env) = &u.event {
+            s.borrow_mut().push(env.seq.unwrap());
+        }
+    });
+    assert!(
+        wait_until(5_000, || client.state() == ConnState::Open).await,
+        "the WebSocket through the proxy never opened: {:?}",
+        client.state()
+    );
+    assert_eq!(client.transport(), Some(TransportKind::Ws));
+    for i in 0..3 {
+        server_put(&name, &format!("before{i}"), json!(i)).await;
+    }
+    assert!(wait_until(5_000, || room.seq() == 3).await);
+    // Idle for well over the bound: the pongs to the client's pings keep the socket alive.
+    let seen_before = states.borrow().len();
+    TimeoutFuture::new((2 * bound) as u32).await;
+    assert_eq!(
+        states.borrow().len(),
+        seen_before,
+        "an idle but healthy WebSocket is not a stall: {:?}",
+        &states.borrow()[seen_before..]
+    );
+
+    ctl("/ws-freeze?on=1").await;
+    let frozen_at = js_sys::Date::now();
+    for i in 0..5 {
+        server_put(&name, &format!("during{i}"), json!(i)).await;
+    }
+    let detected = wait_until(bound + 5_000, || {
+        states.borrow().len() > seen_before && client.state() != ConnState::Open
+    })
+    .await;
+    let after_ms = (js_sys::Date::now() - frozen_at) as u64;
+    if !detected {
+        ctl("/ws-freeze?on=0").await;
+        panic!(
+            "the frozen WebSocket was not detected: {:?}",
+            client.state()
+        );
+    }
+    web_sys::console::log_1(
+        &format!("frozen WebSocket detected after {after_ms} ms (bound {bound} ms)").into(),
+    );
+    let stall_reconnect = states
+        .borrow()
+        .iter()
+        .skip(seen_before)
+        .any(|c| matches!(c.state, ConnState::Reconnecting { .. }));
+    // The last frame came before the freeze, so the watchdog fires within the bound of it.
+    let margin = 1_500;
+    if after_ms > bound + margin || !stall_reconnect {
+        ctl("/ws-freeze?on=0").await;
+        panic!(
+            "detected after {after_ms} ms, bound {bound} ms; states {:?}",
+            &states.borrow()[seen_before..]
+        );
+    }
+    assert_eq!(room.seq(), 3, "nothing passes the frozen proxy");
+
+    ctl("/ws-freeze?on=0").await;
+    assert!(
+        wait_until(8_000, || client.state() == ConnState::Open
+            && room.seq() == 8)
+        .await,
+        "reconnected and resumed after the thaw: {:?}, seq {}",
+        client.state(),
+        room.seq()
+    );
+    assert_eq!(client.transport(), Some(TransportKind::Ws));
+    for i in 0..2 {
+        server_put(&name, &format!("after{i}"), json!(i)).await;
+    }
+    assert!(
+        wait_until(5_000, || room.seq() == 10).await,
+        "seq {}",
+        room.seq()
+    );
+    assert_eq!(
+        *seqs.borrow(),
+        (1..=10).collect::<Vec<u64>>(),
+        "every event once, in order"
+    );
+    assert_eq!(room.items().len(), 10);
+    client.close();
+}

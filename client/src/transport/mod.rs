@@ -40,6 +40,9 @@ pub(crate) enum TransportMsg {
     },
     /// Something arrived that breaks the protocol; the transport keeps running.
     Bad(String),
+    /// A frame arrived that carries nothing for the supervisor (a WebSocket `pong`): the
+    /// connection is alive.
+    Alive,
     /// The transport ended.
     Closed {
         /// Why, for people.

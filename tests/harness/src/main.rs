@@ -11,12 +11,15 @@
 //! - A control API with open CORS listens on `--ctl-port`: `POST /restart` (kill the server and
 //!   start it again on the same port and database; `?graceful=1` sends SIGTERM first),
 //!   `POST /stop`, `POST /start`, `POST /sse-stall?on=1|0`, `POST /sse-freeze?on=1|0`,
-//!   `GET /health`.
+//!   `POST /ws-freeze?on=1|0`, `GET /health`.
 //! - A reverse proxy listens on `--proxy-port` in front of the server. While SSE stalling is
 //!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would. While
 //!   SSE freezing is on, it stops forwarding the bytes of `/v1/sse` streams, those already
 //!   open included, without closing them (a proxy that hangs mid-stream); what it holds is
-//!   forwarded when freezing is turned off.
+//!   forwarded when freezing is turned off. `/v1/ws` is proxied too (a WebSocket to the
+//!   browser, one to the server, text and binary frames relayed); while WebSocket freezing is
+//!   on, it relays no frame in either direction, on sockets already open and on new ones,
+//!   without closing them, and relays what it holds when freezing is turned off.
 //! - A second server with auth on (`--jwt-secret`, a free port) for the auth browser tests;
 //!   `POST /token?sub=&read=a,b&write=a,b&ttl=3` on the control API mints an HS256 token for
 //!   it (`read`/`write` are comma-separated room patterns, `ttl` in seconds).
@@ -43,15 +46,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::{StreamExt, TryStreamExt};
+use futures::{SinkExt, StreamExt, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message as TMessage;
 
 mod chaos;
 
@@ -250,6 +255,8 @@ struct Ctl {
     stall_sse: AtomicBool,
     /// While true, `/v1/sse` response bytes are held (see the module docs).
     freeze_sse: tokio::sync::watch::Sender<bool>,
+    /// While true, proxied WebSocket frames are held in both directions.
+    freeze_ws: tokio::sync::watch::Sender<bool>,
     upstream: String,
     http: reqwest::Client,
 }
@@ -297,6 +304,81 @@ async fn sse_freeze(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Respon
     let on = f.on.is_none() || truthy(&f.on);
     ctl.freeze_sse.send_replace(on);
     (if on { "sse frozen" } else { "sse thawed" }).into_response()
+}
+
+async fn ws_freeze(State(ctl): State<Shared>, Query(f): Query<Flags>) -> Response {
+    let on = f.on.is_none() || truthy(&f.on);
+    ctl.freeze_ws.send_replace(on);
+    (if on { "ws frozen" } else { "ws thawed" }).into_response()
+}
+
+/// The proxy's `/v1/ws`: connects to the server's WebSocket with the same query, then
+/// accepts the browser's and relays frames between them.
+async fn ws_proxy(
+    State(ctl): State<Shared>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let base = ctl.upstream.replacen("http://", "ws://", 1);
+    let url = match query {
+        Some(q) => format!("{base}/v1/ws?{q}"),
+        None => format!("{base}/v1/ws"),
+    };
+    let upstream = match tokio_tungstenite::connect_async(url).await {
+        Ok((socket, _)) => socket,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let gate = ctl.freeze_ws.subscribe();
+    upgrade.on_upgrade(move |browser| ws_relay(browser, upstream, gate))
+}
+
+/// Relays text and binary frames both ways; each waits while frozen (the source is not read
+/// meanwhile). Pings and closes are each side's own; when either side ends, both close.
+async fn ws_relay(
+    browser: WebSocket,
+    upstream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    gate: tokio::sync::watch::Receiver<bool>,
+) {
+    let (mut to_browser, mut from_browser) = browser.split();
+    let (mut to_server, mut from_server) = upstream.split();
+    let mut up_gate = gate.clone();
+    let up = async move {
+        while let Some(Ok(msg)) = from_browser.next().await {
+            let out = match msg {
+                AxMessage::Text(t) => TMessage::text(t.as_str()),
+                AxMessage::Binary(b) => TMessage::binary(b),
+                AxMessage::Close(_) => break,
+                AxMessage::Ping(_) | AxMessage::Pong(_) => continue,
+            };
+            let _ = up_gate.wait_for(|frozen| !*frozen).await;
+            if to_server.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_server.close().await;
+    };
+    let mut down_gate = gate;
+    let down = async move {
+        while let Some(Ok(msg)) = from_server.next().await {
+            let out = match msg {
+                TMessage::Text(t) => AxMessage::text(t.as_str()),
+                TMessage::Binary(b) => AxMessage::binary(b),
+                TMessage::Close(_) => break,
+                _ => continue,
+            };
+            let _ = down_gate.wait_for(|frozen| !*frozen).await;
+            if to_browser.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_browser.close().await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
 
 /// The reverse proxy in front of the server.
@@ -412,6 +494,7 @@ async fn main() -> Result<()> {
         server: Mutex::new(server),
         stall_sse: AtomicBool::new(false),
         freeze_sse: tokio::sync::watch::channel(false).0,
+        freeze_ws: tokio::sync::watch::channel(false).0,
         upstream: upstream.clone(),
         http: reqwest::Client::builder()
             .no_proxy()
@@ -426,11 +509,15 @@ async fn main() -> Result<()> {
         .route("/start", post(start))
         .route("/sse-stall", post(sse_stall))
         .route("/sse-freeze", post(sse_freeze))
+        .route("/ws-freeze", post(ws_freeze))
         .route("/token", post(token))
         .layer(cors)
         .with_state(ctl.clone());
     serve(SocketAddr::from(([127, 0, 0, 1], args.ctl_port)), control).await?;
-    let proxy_app = Router::new().fallback(proxy).with_state(ctl.clone());
+    let proxy_app = Router::new()
+        .route("/v1/ws", get(ws_proxy))
+        .fallback(proxy)
+        .with_state(ctl.clone());
     serve(
         SocketAddr::from(([127, 0, 0, 1], args.proxy_port)),
         proxy_app,
