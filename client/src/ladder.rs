@@ -7,7 +7,9 @@
 //!   fails twice while the server answers REST steps down too. A server that is down is not a
 //!   reason to step down: that is a plain reconnect with backoff.
 //! - Long-poll that stalls steps down to polling.
-//! - A WebSocket that fails to open three times in a row gives way to the SSE ladder.
+//! - A WebSocket that fails to open three times in a row gives way to the SSE ladder. One that
+//!   stalls after it opened is reopened: presence and broadcast need it, and the next socket
+//!   that opens starts the count over.
 //! - On a fallback the client is `degraded`, and climbs back to the top after a while.
 //! - A forced transport never changes.
 //!
@@ -202,6 +204,17 @@ mod tests {
         }
         assert_eq!(l.failed(Ws, false, None), Outcome::Switch);
         assert_eq!(l.choose(), (Sse, false));
+    }
+
+    #[test]
+    fn a_websocket_that_stalls_after_it_opened_is_reopened() {
+        let mut l = Ladder::new(None);
+        l.want_ws();
+        for _ in 0..5 {
+            l.opened(Ws);
+            assert_eq!(l.failed(Ws, true, None), Outcome::Backoff);
+            assert_eq!(l.choose(), (Ws, false));
+        }
     }
 
     #[test]
