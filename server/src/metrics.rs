@@ -86,7 +86,7 @@ fn sent_counters(transport: &'static str) -> &'static Sent {
     })
 }
 
-/// A slow consumer was disconnected.
+/// A slow consumer is cut off (its queue overflowed).
 pub fn slow_consumer(transport: &'static str) {
     metrics::counter!("tidewire_slow_consumer_disconnects_total", "transport" => transport)
         .increment(1);

@@ -39,7 +39,7 @@ use crate::limits::ConnectionGuard;
 use crate::metrics::ConnectionGauge;
 use crate::service::ephemeral_json;
 use crate::{AppState, Error, Result};
-use queue::{queue, Inbox, Outbound, Outbox};
+use queue::{queue_for, Inbox, Outbound, Outbox};
 
 /// Events read from the log per page of a replay.
 const REPLAY_PAGE: u64 = 1000;
@@ -90,7 +90,7 @@ impl Session {
             return Err(Error::ShuttingDown);
         }
         let guard = state.limits.connect(&identity.key)?;
-        let (outbox, inbox) = queue(state.config.queue_capacity);
+        let (outbox, inbox) = queue_for(state.config.queue_capacity, transport);
         let id: Arc<str> = ulid::Ulid::generate().to_string().into();
         let client_id = match client_id {
             Some(c) if !c.is_empty() => {

@@ -69,6 +69,8 @@ struct State {
     closed: AtomicBool,
     /// Wakes [`Inbox::wait_slow`].
     notify: Notify,
+    /// The transport whose slow-consumer counter counts this connection's cut, if any.
+    transport: Option<&'static str>,
 }
 
 impl State {
@@ -108,6 +110,16 @@ pub struct Inbox {
 
 /// A queue holding at most `capacity` items.
 pub fn queue(capacity: usize) -> (Outbox, Inbox) {
+    new_queue(capacity, None)
+}
+
+/// A queue holding at most `capacity` items whose overflow counts as a slow-consumer cut of
+/// `transport` (counted when it is decided, not when the client next reads).
+pub fn queue_for(capacity: usize, transport: &'static str) -> (Outbox, Inbox) {
+    new_queue(capacity, Some(transport))
+}
+
+fn new_queue(capacity: usize, transport: Option<&'static str>) -> (Outbox, Inbox) {
     let state = Arc::new(State {
         items: Mutex::new(VecDeque::new()),
         capacity: capacity.max(1),
@@ -115,6 +127,7 @@ pub fn queue(capacity: usize) -> (Outbox, Inbox) {
         slow: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         notify: Notify::new(),
+        transport,
     });
     (
         Outbox {
@@ -143,7 +156,14 @@ impl Outbox {
                 return Push::Queued;
             }
         }
-        state.slow.store(true, Ordering::Release);
+        if !state.slow.swap(true, Ordering::AcqRel) {
+            if let Some(transport) = state.transport {
+                crate::metrics::slow_consumer(transport);
+            }
+        }
+        // A slow connection reads no more: its queue is freed now, not when it closes.
+        let dropped = std::mem::take(&mut *state.items());
+        drop(dropped);
         state.notify.notify_one();
         state.reader.wake();
         Push::Slow

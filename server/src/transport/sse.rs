@@ -28,24 +28,28 @@
 //! ```
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidewire_protocol::{Cursor, ErrorCode};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use super::queue::Inbox;
 use super::{parse_rooms, Ready, Session};
 use crate::identity::ClientIdentity;
 use crate::{metrics, AppState, Error, Result};
 
 /// Most bytes written as one chunk.
 const MAX_CHUNK: usize = 64 * 1024;
+
+/// Every this many live waits look at the token expiry and the shutdown before the queue.
+const ENDINGS_EVERY: u32 = 32;
 
 /// Query parameters of `/v1/sse`.
 #[derive(Debug, Default, Deserialize)]
@@ -140,13 +144,26 @@ pub async fn handler(
         }
     }
 
-    let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, Infallible>>(2);
-    tokio::spawn(async move {
-        if let Err(err) = run(session, tx, head, rooms, presence, beat).await {
-            tracing::debug!(%err, "sse stream ended with an error");
-        }
+    let heartbeat = state.config.heartbeat();
+    let stream = Stream {
+        hb: heartbeat_bytes(beat, heartbeat, retry_ms),
+        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
+        expiry: Box::pin(expiry(session.expires_at())),
+        draining: Box::pin(state.shutdown.draining()),
+        session,
+        rooms,
+        presence,
+        ready: Vec::new(),
+        wrote: false,
+        polls: 0,
+        phase: Phase::Head(head),
+    };
+    let body = futures::stream::unfold(stream, |mut stream| async move {
+        let chunk = stream.next_chunk().await?;
+        metrics::sent("sse", chunk.events, chunk.bytes.len() as u64);
+        Some((Ok::<_, Infallible>(Bytes::from(chunk.bytes)), stream))
     });
-    let mut res = Body::from_stream(ReceiverStream::new(rx)).into_response();
+    let mut res = Body::from_stream(body).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -160,168 +177,225 @@ pub async fn handler(
     Ok(res)
 }
 
-type Tx = mpsc::Sender<std::result::Result<Bytes, Infallible>>;
-
-/// Sends a chunk; false when the client is gone, does not read for too long, or fell so far
-/// behind that its queue overflowed meanwhile.
-async fn send(tx: &Tx, inbox: &Inbox, buf: Vec<u8>, patience: Duration) -> bool {
-    let n = buf.len() as u64;
-    // Usually the body has room: no timer and no wait then.
-    let buf = match tx.try_send(Ok(Bytes::from(buf))) {
-        Ok(()) => {
-            metrics::sent("sse", 0, n);
-            return !inbox.is_slow();
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => return false,
-        Err(mpsc::error::TrySendError::Full(buf)) => buf,
-    };
-    tokio::select! {
-        sent = tokio::time::timeout(patience, tx.send(buf)) => match sent {
-            Ok(Ok(())) => {
-                metrics::sent("sse", 0, n);
-                true
-            }
-            _ => false,
-        },
-        _ = inbox.wait_slow() => false,
+/// Resolves when a token that expires at `at` has expired (never without one).
+async fn expiry(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
-/// Ends a stream: a slow consumer gets an `error` event when there is room for it within
-/// 500 ms (the same grace as the `reconnect` and `token_expired` endings).
-async fn finish(session: &Session, tx: &Tx) {
-    if session.inbox.is_slow() {
-        metrics::slow_consumer("sse");
-        let mut buf = Vec::new();
-        let msg = Session::error_message(
-            ErrorCode::SlowConsumer,
-            "the connection fell behind; resume from the last id",
-        );
-        push_ready(
-            &mut buf,
-            &Ready {
-                payload: msg,
-                id: None,
-            },
-        );
-        let _ =
-            tokio::time::timeout(Duration::from_millis(500), tx.send(Ok(Bytes::from(buf)))).await;
+/// Where a stream is.
+enum Phase {
+    /// The prologue (`retry:`, the starting `id:`, what `follow` returned) is next.
+    Head(Vec<u8>),
+    /// Replaying the log from the client's cursor.
+    Replay,
+    /// The presence states are next (with `presence=1`).
+    Presence,
+    /// Live delivery from the connection's queue.
+    Live,
+    /// Ended: the last chunk (if any) was handed out.
+    Done,
+}
+
+/// One chunk of the body.
+struct Chunk {
+    bytes: Vec<u8>,
+    events: u64,
+}
+
+impl Chunk {
+    fn control(payload: Utf8Bytes) -> Chunk {
+        let mut bytes = Vec::new();
+        push_ready(&mut bytes, &Ready { payload, id: None });
+        Chunk { bytes, events: 0 }
     }
 }
 
-async fn run(
-    mut session: Session,
-    tx: Tx,
-    head: Vec<u8>,
+/// The response body of one SSE connection.
+///
+/// Hyper's connection task polls it directly: a delivery is one wake-up of that task, with no
+/// forwarding task and no channel in between. The body is only polled when the previous chunk
+/// has been written, so everything queued meanwhile goes out as one chunk. A client that stops
+/// reading overflows its queue: the hub drops it, the queue is emptied (its memory freed), and
+/// the stream ends with a `slow_consumer` error when the client reads again. Dropping the body
+/// (the client went away) drops the session and its registrations.
+struct Stream {
+    session: Session,
     rooms: Vec<String>,
     presence: bool,
-    beat: Heartbeat,
-) -> Result<()> {
-    let state = session.state.clone();
-    let patience = state.config.idle_timeout();
-    let draining = state.shutdown.draining();
-    tokio::pin!(draining);
-    if !send(&tx, &session.inbox, head, patience).await {
-        return Ok(());
-    }
-    // Replay from the log; live events queue meanwhile and are deduplicated after.
-    while let Some(page) = session.replay_next().await? {
-        let mut buf = Vec::new();
-        let mut events = 0;
-        for item in page {
-            for ready in session.admit(item).await? {
-                push_ready(&mut buf, &ready);
-                events += 1;
+    hb: Vec<u8>,
+    heartbeat: tokio::time::Interval,
+    expiry: Pin<Box<dyn Future<Output = ()> + Send>>,
+    draining: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ready: Vec<Ready>,
+    /// Something was written since the last heartbeat tick (that tick then sends nothing).
+    wrote: bool,
+    /// Live waits so far: every [`ENDINGS_EVERY`]th looks at the endings first.
+    polls: u32,
+    phase: Phase,
+}
+
+impl Stream {
+    /// The next chunk to write; `None` ends the response.
+    async fn next_chunk(&mut self) -> Option<Chunk> {
+        match self.step().await {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                tracing::debug!(%err, "sse stream ended with an error");
+                self.phase = Phase::Done;
+                None
             }
         }
-        metrics::sent("sse", events, 0);
-        if !send(&tx, &session.inbox, buf, patience).await {
-            finish(&session, &tx).await;
-            return Ok(());
-        }
     }
-    if presence {
-        let mut buf = Vec::new();
-        for item in session.presence_states(&rooms).await? {
-            for ready in session.admit(item).await? {
-                push_ready(&mut buf, &ready);
+
+    /// The `slow_consumer` ending, when the connection fell behind.
+    fn slow_ending(&mut self) -> Option<Chunk> {
+        self.phase = Phase::Done;
+        if !self.session.inbox.is_slow() {
+            return None;
+        }
+        Some(Chunk::control(Session::error_message(
+            ErrorCode::SlowConsumer,
+            "the connection fell behind; resume from the last id",
+        )))
+    }
+
+    async fn step(&mut self) -> Result<Option<Chunk>> {
+        loop {
+            // The prologue goes out even to a connection that is already slow: its `id:` is
+            // where the client resumes from.
+            if !matches!(self.phase, Phase::Done | Phase::Head(_)) && self.session.inbox.is_slow() {
+                return Ok(self.slow_ending());
+            }
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return Ok(None),
+                Phase::Head(bytes) => {
+                    self.phase = Phase::Replay;
+                    return Ok(Some(Chunk { bytes, events: 0 }));
+                }
+                Phase::Replay => {
+                    // Live events queue meanwhile and are deduplicated after.
+                    let Some(page) = self.session.replay_next().await? else {
+                        self.phase = if self.presence {
+                            Phase::Presence
+                        } else {
+                            Phase::Live
+                        };
+                        continue;
+                    };
+                    self.phase = Phase::Replay;
+                    let mut chunk = Chunk {
+                        bytes: Vec::new(),
+                        events: 0,
+                    };
+                    for item in page {
+                        for ready in self.session.admit(item).await? {
+                            push_ready(&mut chunk.bytes, &ready);
+                            chunk.events += 1;
+                        }
+                    }
+                    return Ok(Some(chunk));
+                }
+                Phase::Presence => {
+                    self.phase = Phase::Live;
+                    let mut bytes = Vec::new();
+                    for item in self.session.presence_states(&self.rooms).await? {
+                        for ready in self.session.admit(item).await? {
+                            push_ready(&mut bytes, &ready);
+                        }
+                    }
+                    if !bytes.is_empty() {
+                        return Ok(Some(Chunk { bytes, events: 0 }));
+                    }
+                }
+                Phase::Live => {
+                    if let Some(chunk) = self.live().await? {
+                        return Ok(Some(chunk));
+                    }
+                }
             }
         }
-        if !send(&tx, &session.inbox, buf, patience).await {
-            finish(&session, &tx).await;
-            return Ok(());
-        }
     }
-    let hb = heartbeat_bytes(beat, state.config.heartbeat(), state.config.sse_retry_ms);
-    let mut heartbeat = tokio::time::interval(state.config.heartbeat());
-    heartbeat.tick().await;
-    let expires = session.expires_at();
-    let expiry = async move {
-        match expires {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
+
+    /// Waits for what to write next in the live phase; `None` to look again (the phase says
+    /// whether the stream ended).
+    ///
+    /// The queue is looked at first: a delivery does not poll the timers and the shutdown
+    /// signal again. So that a busy connection still ends on time, every [`ENDINGS_EVERY`]th
+    /// wait looks at the token expiry and the shutdown first.
+    async fn live(&mut self) -> Result<Option<Chunk>> {
+        self.polls = self.polls.wrapping_add(1);
+        if self.polls.is_multiple_of(ENDINGS_EVERY) {
+            let (expired, draining) = std::future::poll_fn(|cx| {
+                Poll::Ready((
+                    self.expiry.as_mut().poll(cx).is_ready(),
+                    self.draining.as_mut().poll(cx).is_ready(),
+                ))
+            })
+            .await;
+            if expired {
+                return Ok(Some(self.token_expired()));
+            }
+            if draining {
+                return Ok(Some(self.reconnect()));
+            }
         }
-    };
-    tokio::pin!(expiry);
-    let closed = tx.closed();
-    tokio::pin!(closed);
-    let mut ready = Vec::new();
-    loop {
         tokio::select! {
             biased;
-            _ = &mut expiry => {
-                // The client reconnects with a fresh ticket and its last id: nothing is lost.
-                let mut buf = Vec::new();
-                let msg = Session::error_message(
-                    ErrorCode::TokenExpired,
-                    "the token expired: reconnect with a fresh ticket and the last id",
-                );
-                push_ready(&mut buf, &Ready { payload: msg, id: None });
-                let _ = send(&tx, &session.inbox, buf, Duration::from_millis(500)).await;
-                return Ok(());
-            }
-            _ = &mut draining => {
-                let mut buf = Vec::new();
-                push_ready(&mut buf, &Ready { payload: state.shutdown.reconnect_envelope().into(), id: None });
-                let _ = send(&tx, &session.inbox, buf, Duration::from_millis(500)).await;
-                return Ok(());
-            }
-            item = session.inbox.recv() => {
+            item = self.session.inbox.recv() => {
                 let Some(item) = item else {
-                    finish(&session, &tx).await;
-                    return Ok(());
+                    return Ok(self.slow_ending());
                 };
-                let mut buf = Vec::new();
-                let mut events = 0;
-                session.admit_into(item, &mut ready).await?;
+                self.phase = Phase::Live;
+                let mut chunk = Chunk { bytes: Vec::new(), events: 0 };
+                self.session.admit_into(item, &mut self.ready).await?;
                 loop {
-                    for r in ready.drain(..) {
-                        push_ready(&mut buf, &r);
-                        events += 1;
+                    for r in self.ready.drain(..) {
+                        push_ready(&mut chunk.bytes, &r);
+                        chunk.events += 1;
                     }
-                    if buf.len() >= MAX_CHUNK {
+                    if chunk.bytes.len() >= MAX_CHUNK {
                         break;
                     }
-                    let Some(more) = session.inbox.try_recv() else { break };
-                    session.admit_into(more, &mut ready).await?;
+                    let Some(more) = self.session.inbox.try_recv() else { break };
+                    self.session.admit_into(more, &mut self.ready).await?;
                 }
-                if buf.is_empty() {
-                    continue;
+                if chunk.bytes.is_empty() {
+                    return Ok(None);
                 }
-                metrics::sent("sse", events, 0);
-                if !send(&tx, &session.inbox, buf, patience).await {
-                    finish(&session, &tx).await;
-                    return Ok(());
-                }
-                heartbeat.reset();
+                self.wrote = true;
+                Ok(Some(chunk))
             }
-            _ = &mut closed => return Ok(()),
-            _ = heartbeat.tick() => {
-                if !send(&tx, &session.inbox, hb.clone(), patience).await {
-                    return Ok(());
+            _ = &mut self.expiry => Ok(Some(self.token_expired())),
+            _ = &mut self.draining => Ok(Some(self.reconnect())),
+            _ = self.heartbeat.tick() => {
+                self.phase = Phase::Live;
+                // A connection that wrote within the period needs no heartbeat: the silence
+                // between writes stays under two periods.
+                if std::mem::take(&mut self.wrote) {
+                    return Ok(None);
                 }
+                Ok(Some(Chunk { bytes: self.hb.clone(), events: 0 }))
             }
         }
+    }
+
+    /// The `token_expired` ending.
+    fn token_expired(&mut self) -> Chunk {
+        self.phase = Phase::Done;
+        // The client reconnects with a fresh ticket and its last id: nothing is lost.
+        Chunk::control(Session::error_message(
+            ErrorCode::TokenExpired,
+            "the token expired: reconnect with a fresh ticket and the last id",
+        ))
+    }
+
+    /// The `reconnect` ending (the server is shutting down).
+    fn reconnect(&mut self) -> Chunk {
+        self.phase = Phase::Done;
+        Chunk::control(self.session.state.shutdown.reconnect_envelope().into())
     }
 }
 

@@ -220,7 +220,6 @@ impl Conn {
     /// behind what the client has not read yet, so it gets up to the idle timeout to arrive.
     async fn end(&mut self) {
         if self.session.inbox.is_slow() {
-            metrics::slow_consumer("ws");
             let patience = self.session.state.config.idle_timeout();
             self.close_within(ErrorCode::SlowConsumer, "slow_consumer", patience)
                 .await;
