@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use tidewire_server::config::{Cli, Command};
 use tidewire_server::{shutdown, Server};
@@ -27,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
     let config = *config;
     let listen = config.listen;
     let backlog = config.listen_backlog;
+    let user_timeout = config.idle_timeout();
     let drain = config.drain_window();
     let server = match Server::new(config).await {
         Ok(s) => s,
@@ -48,19 +50,22 @@ async fn main() -> anyhow::Result<()> {
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
     let draining = server.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown::signal().await;
-            tracing::info!("shutting down: telling clients to reconnect, draining");
-            draining.begin_shutdown();
-            // Bounded: exit even if some connection hangs.
-            tokio::spawn(async move {
-                tokio::time::sleep(drain + Duration::from_secs(2)).await;
-                tracing::warn!("drain deadline passed; exiting");
-                std::process::exit(0);
-            });
-        })
-        .await?;
+    axum::serve(
+        listener.tap_io(move |tcp| reap_unacknowledged(tcp, user_timeout)),
+        app,
+    )
+    .with_graceful_shutdown(async move {
+        shutdown::signal().await;
+        tracing::info!("shutting down: telling clients to reconnect, draining");
+        draining.begin_shutdown();
+        // Bounded: exit even if some connection hangs.
+        tokio::spawn(async move {
+            tokio::time::sleep(drain + Duration::from_secs(2)).await;
+            tracing::warn!("drain deadline passed; exiting");
+            std::process::exit(0);
+        });
+    })
+    .await?;
     tracing::info!("drained; bye");
     Ok(())
 }
@@ -78,4 +83,17 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListen
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// Lets the kernel drop a connection whose peer has stopped acknowledging (a network cut
+/// without a close) or keeps its window shut (a client that stopped reading) for `after`
+/// (`TCP_USER_TIMEOUT`; the idle timeout). An SSE stream has no client-to-server traffic, so
+/// this is what ends a dead one: its next write fails and the session ends.
+fn reap_unacknowledged(tcp: &mut tokio::net::TcpStream, after: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(after)) {
+        tracing::debug!(%err, "TCP_USER_TIMEOUT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, after);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tidewire_protocol::Cursor;
 use tidewire_tests::proxy::Proxy;
-use tidewire_tests::{Delivery, Error, Server, WriteOptions, WsClient};
+use tidewire_tests::{Delivery, Error, Server, SseClient, SseRequest, WriteOptions, WsClient};
 
 use crate::{report, start, T};
 
@@ -20,9 +20,14 @@ const IDLE_SECS: u64 = 3;
 const CLIENT_BOUND: Duration = Duration::from_secs(3 * HEARTBEAT_SECS);
 
 async fn ws_gauge(server: &Server) -> f64 {
+    gauge(server, "ws").await
+}
+
+async fn gauge(server: &Server, transport: &str) -> f64 {
     let text = server.rest().metrics().await.expect("metrics");
+    let label = format!("transport=\"{transport}\"");
     text.lines()
-        .filter(|l| l.starts_with("tidewire_connections{") && l.contains("transport=\"ws\""))
+        .filter(|l| l.starts_with("tidewire_connections{") && l.contains(&label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -161,4 +166,66 @@ async fn half_open_connection_is_reaped_and_the_client_resumes() {
         c.duplicated,
     );
     delivery.assert_exact("drill net cut");
+}
+
+/// The same cut under an SSE stream, which sends nothing client-to-server: the server cannot
+/// tell a dead client by silence, so the kernel does it (`TCP_USER_TIMEOUT` = the idle
+/// timeout): once the frozen path stops taking bytes for that long, the connection is dropped
+/// and its session ends. Without it the stream would hold its socket for as long as the peer's
+/// kernel keeps answering window probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_sse_stream_is_reaped_by_the_kernel_timeout() {
+    let _cpu = crate::shared_cpu().await;
+    let server = start(
+        Server::builder()
+            .unlimited_writes()
+            .flag("heartbeat-secs", HEARTBEAT_SECS)
+            .flag("idle-timeout-secs", IDLE_SECS),
+    );
+    let rest = server.rest();
+    let proxy = Proxy::start(server.addr()).await.expect("proxy");
+    let room = "drill-cut-sse";
+    let mut sse = SseClient::connect(
+        &format!("http://{}", proxy.addr()),
+        &SseRequest::rooms(&[room]).since(&format!("{room}=0")),
+    )
+    .await
+    .expect("sse via proxy");
+    rest.put(room, "first", &json!(0), &WriteOptions::default())
+        .await
+        .expect("write")
+        .ok();
+    sse.next_durable(T).await.expect("an event before the cut");
+    assert_eq!(gauge(&server, "sse").await, 1.0, "the stream is counted");
+
+    // Cut, then write enough to fill every buffer on the way (~8 MiB in 200 KiB items), so the
+    // server's socket has unacknowledged bytes it cannot send.
+    proxy.cut();
+    let cut_at = Instant::now();
+    let big = json!("x".repeat(200 * 1024));
+    for i in 0..40 {
+        rest.put(
+            room,
+            &format!("big{}", i % 4),
+            &big,
+            &WriteOptions::default(),
+        )
+        .await
+        .expect("write during the cut")
+        .ok();
+    }
+    let deadline = Instant::now() + Duration::from_secs(IDLE_SECS + 20);
+    while gauge(&server, "sse").await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still holds the half-open SSE stream {:?} after the cut",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "[drill net cut sse] server dropped the half-open stream after {:?} (user timeout {IDLE_SECS} s)",
+        cut_at.elapsed()
+    );
+    drop(sse);
 }
