@@ -46,7 +46,13 @@ pub fn split(n: usize, per_worker: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// The source address of worker `i`: 127.0.0.2 upwards (127.0.0.1 is left to the servers).
+/// Source addresses handed out so far in this process: each worker of each pool gets the next
+/// one, so a pool never binds an address whose ports a previous pool left in TIME_WAIT (60 s,
+/// ~10,000 of them after a 10,000-client phase; an address has ~28,000 ephemeral ports).
+static NEXT_SOURCE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The source address of worker `i`: 127.0.0.2 upwards (127.0.0.1 is left to the servers),
+/// wrapping after 250.
 pub fn source(i: usize) -> IpAddr {
     let i = (i % 250) as u8;
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i))
@@ -63,7 +69,8 @@ impl Pool {
     ) -> Result<Pool, BenchError> {
         let exe = std::env::current_exe()?;
         let mut workers = Vec::new();
-        for (i, (first, count)) in split(n, per_worker).into_iter().enumerate() {
+        for (first, count) in split(n, per_worker) {
+            let i = NEXT_SOURCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut p = Process::new(&exe);
             p.args(["worker", "--kind", kind.name()])
                 .args(["--addr", &addr.to_string()])
