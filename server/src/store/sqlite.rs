@@ -146,6 +146,14 @@ struct RoomHead {
 }
 
 impl SqliteStore {
+    /// One write in its own transaction (the caller holds the write lock).
+    async fn write_one(&self, req: &WriteRequest) -> Result<Written> {
+        self.write_all(std::slice::from_ref(req))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Internal("a write answered nothing".into())))
+    }
+
     /// Applies `reqs` in order inside one `BEGIN IMMEDIATE` transaction and commits once.
     /// The outer error is a database failure that spoils the whole transaction (nothing was
     /// committed); the inner results are each write's own outcome. Every check a write makes
@@ -382,10 +390,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn write(&self, req: WriteRequest) -> Result<Written> {
         let _guard = self.write_lock.lock().await;
-        self.write_all(std::slice::from_ref(&req))
-            .await?
-            .pop()
-            .unwrap_or_else(|| Err(Error::Internal("a write answered nothing".into())))
+        self.write_one(&req).await
     }
 
     /// One transaction, one commit for the whole batch. When the database fails it (a full
@@ -398,12 +403,7 @@ impl Store for SqliteStore {
             Err(_) => {
                 let mut out = Vec::with_capacity(reqs.len());
                 for req in &reqs {
-                    out.push(match self.write_all(std::slice::from_ref(req)).await {
-                        Ok(mut one) => one.pop().unwrap_or_else(|| {
-                            Err(Error::Internal("a write answered nothing".into()))
-                        }),
-                        Err(err) => Err(err),
-                    });
+                    out.push(self.write_one(req).await);
                 }
                 out
             }
