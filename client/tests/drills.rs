@@ -162,6 +162,21 @@ fn state_of(room: &Room) -> (Vec<(String, Value, u64)>, bool) {
     (v, pending)
 }
 
+/// Writes `n` more items straight to the server (item `i<k>` holds `k`, the event's expected
+/// seq) and waits until `room` has applied them; answers the new count of writes.
+async fn put_and_see(room: &Room, name: &str, written: u64, n: u64) -> u64 {
+    let target = written + n;
+    for k in written + 1..=target {
+        server_put(name, &format!("i{k}"), json!(k)).await;
+    }
+    assert!(
+        wait_until(5_000, || room.seq() == target).await,
+        "seq {}",
+        room.seq()
+    );
+    target
+}
+
 async fn rest_state(room: &str) -> Vec<(String, Value, u64)> {
     let snap = http::snapshot(&http::Endpoint::new(URL), room)
         .await
@@ -388,28 +403,12 @@ async fn client_clock_skew_changes_nothing() {
         client.state()
     );
     let mut written = 0u64;
-    for _ in 0..10 {
-        written += 1;
-        server_put(&name, &format!("i{written}"), json!(written)).await;
-    }
-    assert!(
-        wait_until(5_000, || room.seq() == written).await,
-        "seq {}",
-        room.seq()
-    );
+    written = put_and_see(&room, &name, written, 10).await;
 
     // The clock jumps five days back while the connection is open; then the server restarts.
     drop(skew);
     let skew = Skew::set(-2.0 * DAY_MS);
-    for _ in 0..5 {
-        written += 1;
-        server_put(&name, &format!("i{written}"), json!(written)).await;
-    }
-    assert!(
-        wait_until(5_000, || room.seq() == written).await,
-        "seq {}",
-        room.seq()
-    );
+    written = put_and_see(&room, &name, written, 5).await;
     ctl("/restart").await;
     assert!(
         wait_until(10_000, || client.state() == ConnState::Open
@@ -421,15 +420,7 @@ async fn client_clock_skew_changes_nothing() {
         "{label}: no reconnect after the restart with the clock 2 days behind: {:?}",
         client.state()
     );
-    for _ in 0..5 {
-        written += 1;
-        server_put(&name, &format!("i{written}"), json!(written)).await;
-    }
-    assert!(
-        wait_until(5_000, || room.seq() == written).await,
-        "seq {}",
-        room.seq()
-    );
+    written = put_and_see(&room, &name, written, 5).await;
 
     // An outage: the server stops, an optimistic write is made, and the clock jumps four days
     // ahead and then eight days back while the client waits between attempts.
@@ -466,15 +457,7 @@ async fn client_clock_skew_changes_nothing() {
     let env = write.await.expect("the optimistic write is confirmed");
     written += 1;
     assert_eq!(env.seq, Some(written), "the write is the next event");
-    for _ in 0..5 {
-        written += 1;
-        server_put(&name, &format!("i{written}"), json!(written)).await;
-    }
-    assert!(
-        wait_until(5_000, || room.seq() == written).await,
-        "seq {}",
-        room.seq()
-    );
+    written = put_and_see(&room, &name, written, 5).await;
     TimeoutFuture::new(300).await;
 
     // Order: every event once, in order, none lost.
