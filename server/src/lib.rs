@@ -35,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod routes;
+pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod store;

@@ -9,10 +9,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use clap::Parser;
 use tidewire_server::config::{Cli, Command};
-use tidewire_server::{shutdown, Server};
+use tidewire_server::{serve, shutdown, Server};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -46,15 +45,12 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%addr, "listening");
-    let app = server
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
     let draining = server.clone();
-    axum::serve(
-        listener.tap_io(move |tcp| reap_unacknowledged(tcp, user_timeout)),
-        app,
-    )
-    .with_graceful_shutdown(async move {
+    let options = serve::Options {
+        tcp_user_timeout: Some(user_timeout),
+        ..serve::Options::default()
+    };
+    serve::serve(listener, server.router(), options, async move {
         shutdown::signal().await;
         tracing::info!("shutting down: telling clients to reconnect, draining");
         draining.begin_shutdown();
@@ -65,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(0);
         });
     })
-    .await?;
+    .await;
     tracing::info!("drained; bye");
     Ok(())
 }
@@ -83,17 +79,4 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListen
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
-}
-
-/// Lets the kernel drop a connection whose peer has stopped acknowledging (a network cut
-/// without a close) or keeps its window shut (a client that stopped reading) for `after`
-/// (`TCP_USER_TIMEOUT`; the idle timeout). An SSE stream has no client-to-server traffic, so
-/// this is what ends a dead one: its next write fails and the session ends.
-fn reap_unacknowledged(tcp: &mut tokio::net::TcpStream, after: Duration) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(err) = socket2::SockRef::from(&*tcp).set_tcp_user_timeout(Some(after)) {
-        tracing::debug!(%err, "TCP_USER_TIMEOUT");
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = (tcp, after);
 }
