@@ -593,3 +593,56 @@ async fn a_slow_websocket_consumer_is_closed_4002() {
     }
     assert_eq!(code, Some(4002));
 }
+
+#[tokio::test]
+async fn websocket_frames_sent_together_are_all_answered_while_events_stream() {
+    let (addr, _server) = start(|_| {}).await;
+    let mut a = ws(&addr, "").await;
+    send(
+        &mut a,
+        json!({"type":"subscribe","ref":"s","rooms":["stream"]}),
+    )
+    .await;
+    assert_eq!(recv(&mut a).await["type"], "ack");
+    let publisher = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 1..=200 {
+                publish(&http, &addr, "stream", i).await;
+            }
+        })
+    };
+    // Twenty pings in one write (several frames in one read), and a frame larger than the
+    // read buffer, while the events arrive.
+    for i in 0..20 {
+        a.feed(Message::Text(
+            json!({"type":"ping","ref":format!("p{i}")}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    a.flush().await.unwrap();
+    send(
+        &mut a,
+        json!({"type":"broadcast","ref":"big","room":"stream","event":"b","data":"y".repeat(20_000)}),
+    )
+    .await;
+    let (mut pongs, mut seqs, mut big_acked) = (Vec::new(), Vec::new(), false);
+    while pongs.len() < 20 || seqs.len() < 200 || !big_acked {
+        let m = recv(&mut a).await;
+        match m["type"].as_str() {
+            Some("pong") => pongs.push(m["ref"].as_str().unwrap().to_owned()),
+            Some("ack") => {
+                assert_eq!((m["ref"].as_str(), m["ok"].as_bool()), (Some("big"), Some(true)));
+                big_acked = true;
+            }
+            Some("test.n") => seqs.push(m["seq"].as_u64().unwrap()),
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    assert_eq!(pongs, expected, "every ping answered, in order");
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "no gap, no duplicate");
+    publisher.await.unwrap();
+}

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
 use futures::task::AtomicWaker;
@@ -178,22 +178,25 @@ impl Outbox {
 impl Inbox {
     /// The next item; `None` once the connection is slow.
     pub async fn recv(&mut self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Inbox::recv`] for a hand-written poll loop: the next item, `None` once the connection
+    /// is slow, or pending (and `cx` woken by the next push).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
         let state = &*self.state;
-        std::future::poll_fn(|cx| {
-            if let Some(item) = state.pop() {
-                return Poll::Ready(Some(item));
-            }
-            if state.is_slow() {
-                return Poll::Ready(None);
-            }
-            state.reader.register(cx.waker());
-            match state.pop() {
-                Some(item) => Poll::Ready(Some(item)),
-                None if state.is_slow() => Poll::Ready(None),
-                None => Poll::Pending,
-            }
-        })
-        .await
+        if let Some(item) = state.pop() {
+            return Poll::Ready(Some(item));
+        }
+        if state.is_slow() {
+            return Poll::Ready(None);
+        }
+        state.reader.register(cx.waker());
+        match state.pop() {
+            Some(item) => Poll::Ready(Some(item)),
+            None if state.is_slow() => Poll::Ready(None),
+            None => Poll::Pending,
+        }
     }
 
     /// The next item if one is queued now.

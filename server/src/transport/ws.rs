@@ -9,17 +9,23 @@
 //! ← {"v":1,"type":"item.put","room":"a","seq":5,…}
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::Response;
-use futures::stream::SplitSink;
+use futures::task::AtomicWaker;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 use tidewire_protocol::{ClientFrame, Cursor, ErrorCode, ProtocolError, RawAppEvent, ServerFrame};
+use tokio::time::Sleep;
 
 use super::queue::Outbound;
 use super::{Ready, Session};
@@ -32,6 +38,11 @@ use crate::{metrics, AppState, Error, Result};
 pub struct WsQuery {
     client_id: Option<String>,
 }
+
+/// Bytes of the per-connection read buffer. Clients send small frames (subscribe, acks,
+/// writes); a larger frame grows the buffer to its size. Every connection holds it, idle or
+/// not, so it is most of what an idle connection costs.
+const READ_BUFFER: usize = 2048;
 
 /// Seconds a WebSocket opened without credentials has to send its `auth` frame.
 const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,7 +66,7 @@ pub async fn handler(
     })?;
     let max = state.config.max_body_bytes;
     let ws = ws
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
         .max_message_size(max)
         .max_frame_size(max);
@@ -66,19 +77,20 @@ pub async fn handler(
             if state.shutdown.is_draining() {
                 return Err(Error::ShuttingDown);
             }
-            return Ok(ws.on_upgrade(move |socket| async move {
-                if let Some((socket, session)) = first_frame_auth(socket, state, q.client_id).await
-                {
-                    run(socket, session).await;
+            return Ok(ws.on_upgrade(move |socket| {
+                let auth = Box::pin(first_frame_auth(socket, state, q.client_id));
+                async move {
+                    if let Some(conn) = auth.await {
+                        run(conn).await;
+                    }
                 }
             }));
         }
         Err(err) => return Err(err),
     };
-    let session = Session::open(state.clone(), identity, "ws", q.client_id)?;
-    Ok(ws.on_upgrade(move |socket| async move {
-        run(socket, session).await;
-    }))
+    // Boxed, and the socket with it once upgraded: the connection's task then holds pointers.
+    let session = Box::new(Session::open(state.clone(), identity, "ws", q.client_id)?);
+    Ok(ws.on_upgrade(move |socket| run(Conn::boxed(socket, session))))
 }
 
 async fn close_socket(socket: &mut WebSocket, err: &Error) {
@@ -96,7 +108,7 @@ async fn first_frame_auth(
     mut socket: WebSocket,
     state: AppState,
     client_id: Option<String>,
-) -> Option<(WebSocket, Session)> {
+) -> Option<Box<Conn>> {
     let auth = state.auth.clone()?;
     let text = match tokio::time::timeout(AUTH_FRAME_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
@@ -133,7 +145,7 @@ async fn first_frame_auth(
             {
                 return None;
             }
-            Some((socket, session))
+            Some(Conn::boxed(socket, Box::new(session)))
         }
         Err(err) => {
             let frame: ServerFrame = ServerFrame::Ack {
@@ -148,11 +160,15 @@ async fn first_frame_auth(
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+/// Items fed per flush at most, so that a connection under a steady stream still looks at
+/// its socket, timer and shutdown signal.
+const BATCH: usize = 512;
 
+/// One connection: its session and its socket. Boxed once, so that the task's future stays a
+/// few pointers plus what it awaits.
 struct Conn {
-    session: Session,
-    sink: Sink,
+    session: Box<Session>,
+    socket: WebSocket,
     fed: u64,
     bytes: u64,
     /// Reused for what `admit` lets through.
@@ -160,10 +176,28 @@ struct Conn {
 }
 
 impl Conn {
+    fn boxed(socket: WebSocket, session: Box<Session>) -> Box<Conn> {
+        Box::new(Conn {
+            session,
+            socket,
+            fed: 0,
+            bytes: 0,
+            ready: Vec::new(),
+        })
+    }
+
     async fn feed(&mut self, text: Utf8Bytes) -> bool {
         self.bytes += text.len() as u64;
         self.fed += 1;
-        self.sink.feed(Message::Text(text)).await.is_ok()
+        // `SinkExt::feed` by hand: its future would hold a second copy of the message.
+        let socket = &mut self.socket;
+        if std::future::poll_fn(|cx| socket.poll_ready_unpin(cx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        socket.start_send_unpin(Message::Text(text)).is_ok()
     }
 
     async fn feed_frame(&mut self, frame: ServerFrame) -> bool {
@@ -177,30 +211,63 @@ impl Conn {
         self.fed = 0;
         self.bytes = 0;
         // Usually the socket takes everything at once: no timer and no wait then.
-        if let Some(done) = self.sink.flush().now_or_never() {
+        if let Some(done) = self.socket.flush().now_or_never() {
             return done.is_ok();
         }
+        // Boxed: the rare wait should not take space in every waiting connection.
+        Box::pin(self.flush_within_idle_timeout()).await
+    }
+
+    async fn flush_within_idle_timeout(&mut self) -> bool {
         let patience = self.session.state.config.idle_timeout();
         tokio::select! {
-            r = tokio::time::timeout(patience, self.sink.flush()) => matches!(r, Ok(Ok(()))),
+            r = tokio::time::timeout(patience, self.socket.flush()) => matches!(r, Ok(Ok(()))),
             _ = self.session.inbox.wait_slow() => false,
         }
     }
 
-    async fn feed_items(&mut self, items: Vec<Outbound>) -> Result<bool> {
+    /// Admits `item` and feeds what it lets through.
+    async fn feed_item(&mut self, item: Outbound) -> Result<bool> {
         let mut ready = std::mem::take(&mut self.ready);
+        self.session.admit_into(item, &mut ready).await?;
         let mut ok = true;
-        for item in items {
-            self.session.admit_into(item, &mut ready).await?;
-            for r in ready.drain(..) {
-                ok = ok && self.feed(r.payload).await;
-            }
-            if !ok {
-                break;
-            }
+        for r in ready.drain(..) {
+            ok = ok && self.feed(r.payload).await;
         }
         self.ready = ready;
         Ok(ok)
+    }
+
+    async fn feed_items(&mut self, items: Vec<Outbound>) -> Result<bool> {
+        for item in items {
+            if !self.feed_item(item).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Feeds `first` and whatever else is queued now (up to [`BATCH`]), then flushes once.
+    async fn deliver(&mut self, first: Outbound) -> Result<bool> {
+        let mut ready = std::mem::take(&mut self.ready);
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(item) = next {
+            self.session.admit_into(item, &mut ready).await?;
+            for r in ready.drain(..) {
+                if !self.feed(r.payload).await {
+                    return Ok(false);
+                }
+            }
+            taken += 1;
+            next = if taken < BATCH {
+                self.session.inbox.try_recv()
+            } else {
+                None
+            };
+        }
+        self.ready = ready;
+        Ok(self.flush().await)
     }
 
     async fn close(&mut self, code: ErrorCode, reason: &str) {
@@ -213,7 +280,7 @@ impl Conn {
             code: code.number(),
             reason: reason.into(),
         }));
-        let _ = tokio::time::timeout(patience, self.sink.send(frame)).await;
+        let _ = tokio::time::timeout(patience, self.socket.send(frame)).await;
     }
 
     /// Closes a connection that stopped: a slow consumer with 4002. Its close frame queues
@@ -227,110 +294,230 @@ impl Conn {
     }
 }
 
-async fn run(socket: WebSocket, session: Session) {
-    let (sink, mut stream) = socket.split();
-    let state = session.state.clone();
-    let mut conn = Conn {
-        session,
-        sink,
-        fed: 0,
-        bytes: 0,
-        ready: Vec::new(),
-    };
+/// The waker the socket, the timer and the shutdown signal get: it wakes the connection's
+/// task and records that one of them did. The queue wakes the task directly, so a delivery
+/// polls neither the socket (a read attempt) nor the timer nor the shutdown signal.
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// What the connection's task woke for.
+enum Woke {
+    /// The next queued item; `None` once the connection is slow.
+    Item(Option<Outbound>),
+    /// The next frame from the client; `None` once the socket is closed.
+    Frame(Option<std::result::Result<Message, axum::Error>>),
+    /// The next ping or the token's expiry is due.
+    Timer,
+    /// The server is shutting down.
+    Draining,
+}
+
+/// The connection's clock: one timer serves the ping (which also checks the idle timeout) and
+/// the token's expiry.
+struct Clock {
+    heartbeat: Duration,
+    idle: Duration,
+    last_seen: Instant,
+    next_ping: tokio::time::Instant,
+    expires: Option<tokio::time::Instant>,
+}
+
+impl Clock {
+    /// The earlier of the next ping and the token's expiry.
+    fn due(&self) -> tokio::time::Instant {
+        self.expires
+            .map_or(self.next_ping, |at| at.min(self.next_ping))
+    }
+}
+
+async fn run(mut conn: Box<Conn>) {
+    let state = conn.session.state.clone();
+    let slow = conn.session.inbox.slow_signal();
+    let gate = Arc::new(Gate {
+        woken: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
+    let gate_waker = Waker::from(gate.clone());
     let draining = state.shutdown.draining();
     tokio::pin!(draining);
-    let mut ping = tokio::time::interval(state.config.heartbeat());
-    ping.tick().await;
-    let idle = state.config.idle_timeout();
-    let mut last_seen = Instant::now();
-    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let expiry = tokio::time::sleep_until(conn.session.expires_at().unwrap_or_else(far));
-    tokio::pin!(expiry);
+    let heartbeat = state.config.heartbeat();
+    let mut clock = Clock {
+        heartbeat,
+        idle: state.config.idle_timeout(),
+        last_seen: Instant::now(),
+        next_ping: tokio::time::Instant::now() + heartbeat,
+        expires: conn.session.expires_at(),
+    };
+    let timer = tokio::time::sleep_until(clock.due());
+    tokio::pin!(timer);
     loop {
-        tokio::select! {
-            biased;
-            _ = &mut expiry => {
-                if conn.session.identity.grant.as_ref().is_some_and(|g| g.expired()) {
-                    conn.close(ErrorCode::TokenExpired, "token_expired").await;
-                    return;
-                }
-                // A fresh token arrived meanwhile.
-                expiry.as_mut().reset(conn.session.expires_at().unwrap_or_else(far));
-            }
-            _ = &mut draining => {
-                let env = state.shutdown.reconnect_envelope();
-                let _ = conn.feed(env.into()).await;
-                let _ = conn.flush().await;
-                conn.close(ErrorCode::ShuttingDown, "shutting_down").await;
-                return;
-            }
-            msg = stream.next() => {
-                last_seen = Instant::now();
-                match msg {
-                    Some(Ok(Message::Text(text))) => {
-                        let result = handle_frame(&mut conn, text.as_str()).await;
-                        expiry.as_mut().reset(conn.session.expires_at().unwrap_or_else(far));
-                        match result {
-                            Ok(true) => {}
-                            Ok(false) => return,
-                            Err(err) => {
-                                tracing::warn!(%err, "websocket frame failed");
-                                conn.close(err.code(), "internal").await;
-                                return;
-                            }
-                        }
-                        if !conn.flush().await { return conn.end().await; }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        let frame = ServerFrame::Error {
-                            r#ref: None,
-                            code: ErrorCode::BadRequest,
-                            message: "binary frames are not supported; send JSON text".into(),
-                        };
-                        if !conn.feed_frame(frame).await || !conn.flush().await { return; }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => conn.session.touch().await,
-                    Some(Ok(Message::Close(_))) | None => return,
-                    Some(Err(err)) => {
-                        let too_big = std::error::Error::source(&err)
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| err.to_string());
-                        if too_big.contains("too long") || too_big.contains("Space limit")
-                            || too_big.contains("capacity") || too_big.contains("Capacity") {
-                            let _ = conn.sink.send(Message::Close(Some(CloseFrame {
-                                code: 1009,
-                                reason: "message too big".into(),
-                            }))).await;
-                        }
-                        return;
-                    }
-                }
-            }
-            item = conn.session.inbox.recv() => {
-                let Some(item) = item else {
-                    conn.end().await;
-                    return;
+        let woke = std::future::poll_fn(|cx| {
+            gate.task.register(cx.waker());
+            if gate.woken.swap(false, Ordering::AcqRel) {
+                let mut gated = Context::from_waker(&gate_waker);
+                let woke = if timer.as_mut().poll(&mut gated).is_ready() {
+                    Some(Woke::Timer)
+                } else if draining.as_mut().poll(&mut gated).is_ready() {
+                    Some(Woke::Draining)
+                } else if let Poll::Ready(msg) = conn.socket.poll_next_unpin(&mut gated) {
+                    Some(Woke::Frame(msg))
+                } else {
+                    None
                 };
-                let mut batch = vec![item];
-                while batch.len() < 512 {
-                    match conn.session.inbox.try_recv() {
-                        Some(more) => batch.push(more),
-                        None => break,
-                    }
+                if let Some(woke) = woke {
+                    // What comes after it was not polled: look again next time.
+                    gate.woken.store(true, Ordering::Release);
+                    return Poll::Ready(woke);
                 }
-                let slow = conn.session.inbox.slow_signal();
+            }
+            conn.session.inbox.poll_recv(cx).map(Woke::Item)
+        })
+        .await;
+        let go_on = match woke {
+            Woke::Item(Some(item)) => {
                 let done = tokio::select! {
-                    r = async { Ok::<bool, Error>(conn.feed_items(batch).await? && conn.flush().await) } => r.unwrap_or(false),
+                    biased;
+                    r = conn.deliver(item) => r.unwrap_or(false),
                     _ = slow.wait() => false,
                 };
-                if !done { return conn.end().await; }
-            }
-            _ = ping.tick() => {
-                if last_seen.elapsed() >= idle {
-                    conn.close(ErrorCode::IdleTimeout, "idle_timeout").await;
-                    return;
+                if !done {
+                    return Box::pin(conn.end()).await;
                 }
-                if conn.sink.send(Message::Ping(Default::default())).await.is_err() { return; }
+                true
+            }
+            Woke::Item(None) => return Box::pin(conn.end()).await,
+            // Rare and large: boxed, so that the waiting connection does not carry its space.
+            Woke::Timer => Box::pin(conn.on_timer(&mut clock, timer.as_mut())).await,
+            Woke::Draining => {
+                Box::pin(conn.on_draining(&state)).await;
+                return;
+            }
+            Woke::Frame(msg) => {
+                clock.last_seen = Instant::now();
+                let go_on = Box::pin(conn.on_frame(msg)).await;
+                clock.expires = conn.session.expires_at();
+                timer.as_mut().reset(clock.due());
+                go_on
+            }
+        };
+        if !go_on {
+            return;
+        }
+    }
+}
+
+impl Conn {
+    /// The ping is due (and the idle check with it), or the token expired.
+    async fn on_timer(&mut self, clock: &mut Clock, timer: Pin<&mut Sleep>) -> bool {
+        let now = tokio::time::Instant::now();
+        if clock.expires.is_some_and(|at| at <= now) {
+            if self
+                .session
+                .identity
+                .grant
+                .as_ref()
+                .is_some_and(|g| g.expired())
+            {
+                self.close(ErrorCode::TokenExpired, "token_expired").await;
+                return false;
+            }
+            // A fresh token arrived meanwhile.
+            clock.expires = self.session.expires_at();
+        }
+        if clock.next_ping <= now {
+            if clock.last_seen.elapsed() >= clock.idle {
+                self.close(ErrorCode::IdleTimeout, "idle_timeout").await;
+                return false;
+            }
+            if self
+                .socket
+                .send(Message::Ping(Default::default()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            clock.next_ping += clock.heartbeat;
+            if clock.next_ping <= now {
+                clock.next_ping = now + clock.heartbeat;
+            }
+        }
+        timer.reset(clock.due());
+        true
+    }
+
+    /// The server is shutting down: the client is told when to reconnect.
+    async fn on_draining(&mut self, state: &AppState) {
+        let env = state.shutdown.reconnect_envelope();
+        let _ = self.feed(env.into()).await;
+        let _ = self.flush().await;
+        self.close(ErrorCode::ShuttingDown, "shutting_down").await;
+    }
+
+    /// A frame from the client; false when the connection ends (closed as a slow consumer
+    /// when its queue overflowed while the answer was being written).
+    async fn on_frame(&mut self, msg: Option<std::result::Result<Message, axum::Error>>) -> bool {
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                match handle_frame(self, text.as_str()).await {
+                    Ok(true) => {}
+                    Ok(false) => return false,
+                    Err(err) => {
+                        tracing::warn!(%err, "websocket frame failed");
+                        self.close(err.code(), "internal").await;
+                        return false;
+                    }
+                }
+                if !self.flush().await {
+                    self.end().await;
+                    return false;
+                }
+                true
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let frame = ServerFrame::Error {
+                    r#ref: None,
+                    code: ErrorCode::BadRequest,
+                    message: "binary frames are not supported; send JSON text".into(),
+                };
+                self.feed_frame(frame).await && self.flush().await
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                self.session.touch().await;
+                true
+            }
+            Some(Ok(Message::Close(_))) | None => false,
+            Some(Err(err)) => {
+                let too_big = std::error::Error::source(&err)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| err.to_string());
+                if too_big.contains("too long")
+                    || too_big.contains("Space limit")
+                    || too_big.contains("capacity")
+                    || too_big.contains("Capacity")
+                {
+                    let _ = self
+                        .socket
+                        .send(Message::Close(Some(CloseFrame {
+                            code: 1009,
+                            reason: "message too big".into(),
+                        })))
+                        .await;
+                }
+                false
             }
         }
     }
@@ -430,7 +617,14 @@ async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
                     limit: state.config.max_item_bytes,
                 })
             } else {
-                write(conn, room, WriteOp::Put { id, value }, key, if_match).await
+                write(
+                    &conn.session,
+                    room,
+                    WriteOp::Put { id, value },
+                    key,
+                    if_match,
+                )
+                .await
             };
             Ok(conn.feed_frame(ack(result)).await)
         }
@@ -441,14 +635,14 @@ async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
             if_match,
             ..
         } => {
-            let result = write(conn, room, WriteOp::Delete { id }, key, if_match).await;
+            let result = write(&conn.session, room, WriteOp::Delete { id }, key, if_match).await;
             Ok(conn.feed_frame(ack(result)).await)
         }
         ClientFrame::Publish {
             room, event, key, ..
         } => {
             let result = write(
-                conn,
+                &conn.session,
                 room,
                 WriteOp::Publish(RawAppEvent {
                     event_type: event.event_type,
@@ -524,15 +718,15 @@ async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
 }
 
 async fn write(
-    conn: &Conn,
+    session: &Session,
     room: String,
     op: WriteOp,
     key: Option<String>,
     if_match: Option<u64>,
 ) -> Result<Option<tidewire_protocol::Envelope>> {
-    let state = &conn.session.state;
-    authorize(&conn.session.identity, &room, Access::Write)?;
-    state.limits.check_write(&conn.session.identity.key)?;
+    let state = &session.state;
+    authorize(&session.identity, &room, Access::Write)?;
+    state.limits.check_write(&session.identity.key)?;
     let written = state
         .service
         .write(WriteRequest {
