@@ -617,7 +617,9 @@ async fn websocket_frames_sent_together_are_all_answered_while_events_stream() {
     // read buffer, while the events arrive.
     for i in 0..20 {
         a.feed(Message::Text(
-            json!({"type":"ping","ref":format!("p{i}")}).to_string().into(),
+            json!({"type":"ping","ref":format!("p{i}")})
+                .to_string()
+                .into(),
         ))
         .await
         .unwrap();
@@ -634,7 +636,10 @@ async fn websocket_frames_sent_together_are_all_answered_while_events_stream() {
         match m["type"].as_str() {
             Some("pong") => pongs.push(m["ref"].as_str().unwrap().to_owned()),
             Some("ack") => {
-                assert_eq!((m["ref"].as_str(), m["ok"].as_bool()), (Some("big"), Some(true)));
+                assert_eq!(
+                    (m["ref"].as_str(), m["ok"].as_bool()),
+                    (Some("big"), Some(true))
+                );
                 big_acked = true;
             }
             Some("test.n") => seqs.push(m["seq"].as_u64().unwrap()),
@@ -643,6 +648,10 @@ async fn websocket_frames_sent_together_are_all_answered_while_events_stream() {
     }
     let expected: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
     assert_eq!(pongs, expected, "every ping answered, in order");
-    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>(), "no gap, no duplicate");
+    assert_eq!(
+        seqs,
+        (1..=200).collect::<Vec<u64>>(),
+        "no gap, no duplicate"
+    );
     publisher.await.unwrap();
 }

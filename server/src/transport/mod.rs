@@ -246,12 +246,9 @@ impl Session {
 
     /// [`Session::admit`], appending to `out` (a buffer the transport reuses).
     pub async fn admit_into(&mut self, item: Outbound, out: &mut Vec<Ready>) -> Result<()> {
-        let (room, seq, payload) = match item {
-            Outbound::Message(payload) => {
-                out.push(Ready { payload, id: None });
-                return Ok(());
-            }
-            Outbound::Durable { room, seq, payload } => (room, seq, payload),
+        // What can be decided without the store is; a gap comes back.
+        let Some(Outbound::Durable { room, seq, payload }) = self.admit_now(item, out) else {
+            return Ok(());
         };
         let Some(pos) = self.cursor.get(&room) else {
             return Ok(());
@@ -286,6 +283,28 @@ impl Session {
         }
         out.push(self.advance(&room, seq, payload));
         Ok(())
+    }
+
+    /// [`Session::admit_into`] without waiting: decides everything but a durable event past a
+    /// gap, which it hands back for `admit_into` (which reads the missing events first).
+    pub fn admit_now(&mut self, item: Outbound, out: &mut Vec<Ready>) -> Option<Outbound> {
+        match item {
+            Outbound::Message(payload) => {
+                out.push(Ready { payload, id: None });
+                None
+            }
+            Outbound::Durable { room, seq, payload } => {
+                let pos = self.cursor.get(&room)?;
+                if seq <= pos {
+                    return None;
+                }
+                if seq > pos + 1 {
+                    return Some(Outbound::Durable { room, seq, payload });
+                }
+                out.push(self.advance(&room, seq, payload));
+                None
+            }
+        }
     }
 
     fn advance(&mut self, room: &str, seq: u64, payload: Utf8Bytes) -> Ready {

@@ -253,7 +253,11 @@ impl Conn {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(item) = next {
-            self.session.admit_into(item, &mut ready).await?;
+            if let Some(gap) = self.session.admit_now(item, &mut ready) {
+                // Rare (the events before it come from the store): boxed, like every rare
+                // wait here, so that the waiting connection does not carry its space.
+                Box::pin(self.session.admit_into(gap, &mut ready)).await?;
+            }
             for r in ready.drain(..) {
                 if !self.feed(r.payload).await {
                     return Ok(false);
