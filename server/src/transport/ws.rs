@@ -1,7 +1,8 @@
 //! `GET /v1/ws` — WebSocket: subscribe/unsubscribe with positions, writes with acks,
 //! broadcast, presence, ping. One task per connection reads frames, drains the outbound queue
 //! with write batching (everything queued is fed, then one flush), pings every heartbeat and
-//! closes idle connections.
+//! closes idle connections. A delivery costs one wake-up by the queue: the socket's read side,
+//! the timer and the shutdown signal are polled only when one of them woke the task.
 //!
 //! ```text
 //! → {"type":"subscribe","ref":"1","rooms":["a"],"since":"a=4"}
