@@ -303,3 +303,17 @@ async fn shutdown_waits_for_open_streams_and_closes_idle_connections() {
         .expect("serve returns once every connection ended")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_head_larger_than_the_first_look_is_still_streamed() {
+    let h = start().await;
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    let cookie = "c".repeat(3000);
+    let head = format!("GET /v1/sse HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    h.frames.send(": big\n\n").unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, ": big").await;
+    assert_eq!(h.stats.streamed.load(Ordering::SeqCst), 1);
+    assert_eq!(h.stats.hyper.load(Ordering::SeqCst), 0);
+}

@@ -35,6 +35,8 @@ use tokio::net::TcpStream;
 
 /// The largest request head looked at; a longer one is left to hyper.
 const MAX_HEAD: usize = 8 * 1024;
+/// What is looked at first.
+const SMALL_HEAD: usize = 1024;
 /// The most request headers parsed; more are left to hyper.
 const MAX_HEADERS: usize = 64;
 /// The most bytes gathered into one write.
@@ -51,13 +53,24 @@ pub async fn take_stream_request(
     if paths.is_empty() {
         return Ok(None);
     }
-    let mut buf = vec![0u8; MAX_HEAD];
-    let n = tcp.peek(&mut buf).await?;
+    // Most heads fit the small buffer; a larger one is looked at again whole. (Thousands of
+    // connections arrive at once after a restart: what each holds meanwhile adds up.)
+    let mut buf = vec![0u8; SMALL_HEAD];
+    let mut n = tcp.peek(&mut buf).await?;
+    if n == SMALL_HEAD && !head_complete(&buf) {
+        buf.resize(MAX_HEAD, 0);
+        n = tcp.peek(&mut buf).await?;
+    }
     let Some((len, request)) = parse(&buf[..n], paths) else {
         return Ok(None);
     };
     tcp.read_exact(&mut buf[..len]).await?;
     Ok(Some(request))
+}
+
+/// Whether `bytes` hold the end of a request head.
+fn head_complete(bytes: &[u8]) -> bool {
+    memchr::memmem::find(bytes, b"\r\n\r\n").is_some()
 }
 
 /// The head's length and the request, if `bytes` start with a whole `GET` head for one of
