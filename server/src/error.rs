@@ -85,9 +85,12 @@ pub enum Error {
     /// The server is draining.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// The store failed.
+    /// The store failed (PostgreSQL).
     #[error("store unavailable: {0}")]
     Store(#[from] sqlx::Error),
+    /// The store failed (SQLite).
+    #[error("store unavailable: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A shared backend other than the store (the ticket ledger in Redis) did not answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -121,7 +124,9 @@ impl Error {
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
             Error::TokenExpired => ErrorCode::TokenExpired,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
-            Error::Store(_) | Error::Unavailable(_) => ErrorCode::StoreUnavailable,
+            Error::Store(_) | Error::Sqlite(_) | Error::Unavailable(_) => {
+                ErrorCode::StoreUnavailable
+            }
             Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -154,7 +159,11 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(
             self,
-            Error::Store(_) | Error::Unavailable(_) | Error::Internal(_) | Error::Config(_)
+            Error::Store(_)
+                | Error::Sqlite(_)
+                | Error::Unavailable(_)
+                | Error::Internal(_)
+                | Error::Config(_)
         ) {
             tracing::error!(error = %self, "request failed");
         }
