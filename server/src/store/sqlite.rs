@@ -2,7 +2,8 @@
 //! WAL journal.
 //!
 //! The connection that writes is owned by one named OS thread (`tidewire-sqlite-w`); every
-//! store call is one job sent to that thread, run there synchronously, and answered once. So a
+//! store call is one job sent to a connection's thread, run there synchronously, and answered
+//! once. So a
 //! group commit ([`Store::write_batch`]: one `BEGIN IMMEDIATE` transaction, the room's row
 //! read once, retention and the new head written once, one `COMMIT`) costs one hop to that
 //! thread and one back, however many statements it runs; and since the thread runs one job at
