@@ -3,11 +3,10 @@
 //!
 //! The connection that writes is owned by one named OS thread (`tidewire-sqlite-w`); every
 //! store call is one job sent to a connection's thread, run there synchronously, and answered
-//! once. So a
-//! group commit ([`Store::write_batch`]: one `BEGIN IMMEDIATE` transaction, the room's row
-//! read once, retention and the new head written once, one `COMMIT`) costs one hop to that
-//! thread and one back, however many statements it runs; and since the thread runs one job at
-//! a time, writes are serialised without a lock (SQLite has one writer anyway), so the
+//! once. So a group commit ([`Store::write_batch`]: one `BEGIN IMMEDIATE` transaction, the
+//! room's row read once, retention and the new head written once, one `COMMIT`) costs one hop
+//! to that thread and one back, however many statements it runs; and since the thread runs one
+//! job at a time, writes are serialised without a lock (SQLite has one writer anyway), so the
 //! read-check-append of a write needs no retry loop. A file database has a second thread
 //! (`tidewire-sqlite-r`) with its own connection for `read`, `head` and `snapshot`, so a replay
 //! storm does not queue behind commits (WAL lets it read while the writer writes); an
