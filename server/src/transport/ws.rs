@@ -40,10 +40,11 @@ pub struct WsQuery {
     client_id: Option<String>,
 }
 
-/// Bytes of the per-connection read buffer. Clients send small frames (subscribe, acks,
-/// writes); a larger frame grows the buffer to its size. Every connection holds it, idle or
-/// not, so it is most of what an idle connection costs.
-const READ_BUFFER: usize = 2048;
+/// Bytes of the per-connection read buffer, and the most read per `read` call. Clients send
+/// small frames (subscribe, acks, pings, writes); a larger frame grows the buffer to its size
+/// and takes one read per KiB. Every connection holds it, idle or not, so it is much of what
+/// an idle connection costs.
+const READ_BUFFER: usize = 1024;
 
 /// Seconds a WebSocket opened without credentials has to send its `auth` frame.
 const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
