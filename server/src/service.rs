@@ -234,21 +234,32 @@ mod tests {
     use std::time::Duration;
     use tidewire_protocol::RawAppEvent;
 
+    /// A service over a SQLite file (kept while the directory lives), and its bus's messages.
+    async fn on_a_file() -> (
+        tempfile::TempDir,
+        Arc<SqliteStore>,
+        Arc<Service>,
+        futures::stream::BoxStream<'static, BusMessage>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = Arc::new(SqliteStore::open(&url, Retention::default()).await.unwrap());
+        let bus = Arc::new(MemoryBus::new());
+        let published = bus.subscribe();
+        let presence = Arc::new(MemoryPresence::new(
+            Duration::from_secs(5),
+            Duration::from_secs(60),
+        ));
+        let service = Arc::new(Service::new(store.clone(), bus, presence));
+        (dir, store, service, published)
+    }
+
     /// Concurrent writers of one room (batched by the lane) each get their own seq, the seqs
     /// are contiguous, and the bus sees them in seq order; a refused write in the crowd fails
     /// alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_are_batched_in_seq_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = Arc::new(SqliteStore::open(&url, Retention::default()).await.unwrap());
-        let bus = Arc::new(MemoryBus::new());
-        let mut published = bus.subscribe();
-        let presence = Arc::new(MemoryPresence::new(
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-        ));
-        let service = Arc::new(Service::new(store, bus, presence));
+        let (_dir, _store, service, mut published) = on_a_file().await;
         let mut tasks = Vec::new();
         for i in 0..60 {
             let service = service.clone();
@@ -287,16 +298,7 @@ mod tests {
     /// (byte for byte, each once), and the bus sees each room in seq order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_batches_of_several_rooms_keep_each_log_contiguous() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("m.db").display());
-        let store = Arc::new(SqliteStore::open(&url, Retention::default()).await.unwrap());
-        let bus = Arc::new(MemoryBus::new());
-        let mut published = bus.subscribe();
-        let presence = Arc::new(MemoryPresence::new(
-            Duration::from_secs(5),
-            Duration::from_secs(60),
-        ));
-        let service = Arc::new(Service::new(store.clone(), bus, presence));
+        let (_dir, store, service, mut published) = on_a_file().await;
         let rooms = ["m-a", "m-b", "m-c", "m-d"];
         let per_room = 40u64;
         let mut tasks = Vec::new();

@@ -100,6 +100,22 @@ async fn start() -> Harness {
     }
 }
 
+/// A connection to `h` that has sent `head`.
+async fn send_head(h: &Harness, head: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
+    tcp.write_all(head).await.unwrap();
+    tcp
+}
+
+/// An open `/v1/sse` stream on a fresh connection that has received `first`.
+async fn open_stream(h: &Harness, first: &'static str) -> (TcpStream, Vec<u8>) {
+    let mut tcp = send_head(h, b"GET /v1/sse HTTP/1.1\r\n\r\n").await;
+    h.frames.send(first).unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut tcp, &mut buf, first).await;
+    (tcp, buf)
+}
+
 /// Reads until `buf` contains `needle` (or fails after 5 s).
 async fn read_until(tcp: &mut TcpStream, buf: &mut Vec<u8>, needle: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -139,10 +155,7 @@ async fn wait_for(flag: &AtomicBool) -> bool {
 #[tokio::test]
 async fn a_fresh_stream_request_is_streamed_chunk_by_chunk_then_closed() {
     let h = start().await;
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /v1/sse?rooms=a HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = send_head(&h, b"GET /v1/sse?rooms=a HTTP/1.1\r\nHost: x\r\n\r\n").await;
     h.frames.send("retry: 1000\n\n").unwrap();
     let mut buf = Vec::new();
     read_until(&mut tcp, &mut buf, "retry: 1000\n\n\r\n").await;
@@ -172,13 +185,7 @@ async fn a_fresh_stream_request_is_streamed_chunk_by_chunk_then_closed() {
 #[tokio::test]
 async fn a_client_that_goes_away_releases_its_stream_at_once() {
     let h = start().await;
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /v1/sse HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    h.frames.send(": hi\n\n").unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut tcp, &mut buf, ": hi").await;
+    let (tcp, _) = open_stream(&h, ": hi\n\n").await;
     assert!(!h.dropped.load(Ordering::SeqCst));
     drop(tcp);
     // Nothing is written after the close: noticing it is up to the read side.
@@ -188,13 +195,7 @@ async fn a_client_that_goes_away_releases_its_stream_at_once() {
 #[tokio::test]
 async fn a_client_that_keeps_sending_after_its_request_is_cut() {
     let h = start().await;
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /v1/sse HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    h.frames.send(": hi\n\n").unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut tcp, &mut buf, ": hi").await;
+    let (mut tcp, mut buf) = open_stream(&h, ": hi\n\n").await;
     // A few stray bytes are ignored …
     tcp.write_all(b"\r\n\r\n").await.unwrap();
     h.frames.send(": still\n\n").unwrap();
@@ -208,10 +209,7 @@ async fn a_client_that_keeps_sending_after_its_request_is_cut() {
 #[tokio::test]
 async fn http_1_0_gets_a_close_delimited_body() {
     let h = start().await;
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /v1/sse HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = send_head(&h, b"GET /v1/sse HTTP/1.0\r\n\r\n").await;
     h.frames.send("data: a\n\n").unwrap();
     h.frames.send("data: b\n\n").unwrap();
     drop(h.frames);
@@ -225,10 +223,7 @@ async fn http_1_0_gets_a_close_delimited_body() {
 #[tokio::test]
 async fn an_error_answer_has_a_length_and_closes() {
     let h = start().await;
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /v1/sse?fail HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = send_head(&h, b"GET /v1/sse?fail HTTP/1.1\r\n\r\n").await;
     let mut buf = Vec::new();
     read_to_end(&mut tcp, &mut buf).await;
     let text = String::from_utf8_lossy(&buf);
@@ -245,10 +240,7 @@ async fn an_error_answer_has_a_length_and_closes() {
 async fn keep_alive_and_split_heads_are_served_by_hyper() {
     let h = start().await;
     // A stream asked for on a connection that already served a request.
-    let mut tcp = TcpStream::connect(h.addr).await.unwrap();
-    tcp.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = send_head(&h, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut buf = Vec::new();
     read_until(&mut tcp, &mut buf, "plain").await;
     tcp.write_all(b"GET /v1/sse HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -258,8 +250,7 @@ async fn keep_alive_and_split_heads_are_served_by_hyper() {
     read_until(&mut tcp, &mut buf, "data: via hyper").await;
     assert_eq!(h.stats.hyper.load(Ordering::SeqCst), 1);
     // A head that arrives in two pieces.
-    let mut split = TcpStream::connect(h.addr).await.unwrap();
-    split.write_all(b"GET /pla").await.unwrap();
+    let mut split = send_head(&h, b"GET /pla").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     split
         .write_all(b"in HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -274,18 +265,8 @@ async fn keep_alive_and_split_heads_are_served_by_hyper() {
 #[tokio::test]
 async fn shutdown_waits_for_open_streams_and_closes_idle_connections() {
     let mut h = start().await;
-    let mut stream = TcpStream::connect(h.addr).await.unwrap();
-    stream
-        .write_all(b"GET /v1/sse HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
-    h.frames.send(": open\n\n").unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut stream, &mut buf, ": open").await;
-    let mut idle = TcpStream::connect(h.addr).await.unwrap();
-    idle.write_all(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let (mut stream, mut buf) = open_stream(&h, ": open\n\n").await;
+    let mut idle = send_head(&h, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let mut idle_buf = Vec::new();
     read_until(&mut idle, &mut idle_buf, "plain").await;
 
