@@ -23,7 +23,7 @@
 //!   …
 //! ```
 
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::Poll;
 
@@ -292,7 +292,9 @@ fn push_data(out: &mut Vec<u8>, data: &[u8], framing: Framing) {
         return;
     }
     if framing == Framing::Chunked {
-        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        // The size line is written in place: no string per chunk on the delivery path.
+        out.reserve(data.len() + 20);
+        let _ = write!(out, "{:x}\r\n", data.len());
         out.extend_from_slice(data);
         out.extend_from_slice(b"\r\n");
     } else {
