@@ -298,3 +298,18 @@ async fn a_head_larger_than_the_first_look_is_still_streamed() {
     assert_eq!(h.stats.streamed.load(Ordering::SeqCst), 1);
     assert_eq!(h.stats.hyper.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_connection_that_sent_nothing_does_not_hold_up_shutdown() {
+    let mut h = start().await;
+    let mut silent = TcpStream::connect(h.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), h.served)
+        .await
+        .expect("serve returns without waiting for the first-bytes timeout")
+        .unwrap();
+    let mut buf = Vec::new();
+    read_to_end(&mut silent, &mut buf).await;
+    assert!(buf.is_empty());
+}

@@ -36,6 +36,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use axum::Router;
+use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
@@ -140,8 +141,13 @@ impl Connection {
         let first = Box::pin(tokio::time::timeout(
             self.options.first_bytes_timeout,
             stream::take_stream_request(&mut self.tcp, &self.options.stream_paths),
-        ))
-        .await;
+        ));
+        // A connection that has sent nothing yet does not hold up a shutdown (as hyper closes
+        // one that is idle).
+        let first = tokio::select! {
+            first = first => first,
+            _ = self.signal.changed() => return,
+        };
         match first {
             Ok(Ok(Some(request))) => {
                 self.options.stats.streamed.fetch_add(1, Ordering::Relaxed);
@@ -184,9 +190,7 @@ impl Connection {
     fn answer(
         &self,
         mut request: axum::http::Request<Body>,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
-    > {
+    ) -> BoxFuture<'static, Result<axum::response::Response, std::convert::Infallible>> {
         request.extensions_mut().insert(ConnectInfo(self.remote));
         Box::pin(self.router.clone().oneshot(request))
     }
