@@ -1,5 +1,5 @@
 // Turns the `wasm-pack build` output into the npm package `tidewire`: sets the name, adds
-// the README and the protocol's TypeScript declarations. Idempotent.
+// the README and the TypeScript declarations generated from the Rust types. Idempotent.
 //
 //   wasm-pack build client --release --target web --out-dir pkg
 //   node client/scripts/package.mjs client/pkg
@@ -64,11 +64,15 @@ pkg.keywords = ['realtime', 'sse', 'websocket', 'wasm', 'tidewire'];
 const files = new Set(pkg.files ?? []);
 fs.copyFileSync(path.join(client, 'README.md'), path.join(pkgDir, 'README.md'));
 files.add('README.md');
-const protocolTypes = path.join(client, 'types', 'protocol.d.ts');
-if (fs.existsSync(protocolTypes)) {
-  fs.mkdirSync(path.join(pkgDir, 'types'), { recursive: true });
-  fs.copyFileSync(protocolTypes, path.join(pkgDir, 'types', 'protocol.d.ts'));
-  files.add('types/protocol.d.ts');
+// The declarations generated from the Rust types: the wire types (protocol.d.ts) and the
+// JavaScript API's objects (client.d.ts, also embedded in the package's main .d.ts).
+for (const name of ['protocol.d.ts', 'client.d.ts']) {
+  const types = path.join(client, 'types', name);
+  if (fs.existsSync(types)) {
+    fs.mkdirSync(path.join(pkgDir, 'types'), { recursive: true });
+    fs.copyFileSync(types, path.join(pkgDir, 'types', name));
+    files.add(`types/${name}`);
+  }
 }
 pkg.files = [...files];
 fs.writeFileSync(manifestPath, JSON.stringify(pkg, null, 2) + '\n');

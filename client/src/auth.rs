@@ -20,10 +20,8 @@ use js_sys::{Function, Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
+use crate::deadlines::token_refresh_at;
 use crate::Error;
-
-/// Refresh at most this long before expiry.
-const MARGIN_MS: f64 = 30_000.0;
 
 struct Cached {
     token: String,
@@ -93,8 +91,7 @@ impl TokenSource {
     }
 
     fn refresh_at_of(&self, c: &Cached) -> Option<f64> {
-        let exp = c.exp_ms?;
-        Some(exp - MARGIN_MS.min((exp - c.got_ms).max(0.0) * 0.2))
+        Some(token_refresh_at(c.exp_ms?, c.got_ms))
     }
 
     /// Calls `getToken()` now.

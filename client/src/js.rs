@@ -12,100 +12,20 @@
 //! ```
 
 use js_sys::{Function, Reflect};
-use serde::Deserialize;
 use serde_json::Value;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::backoff::BackoffConfig;
 use crate::http::{from_js, to_js};
 use crate::listeners::Subscription as RustSubscription;
-use crate::state::TransportKind;
-use crate::{client, Error};
+use crate::options::JsOptions;
+use crate::{Error, StateChange};
 
+// The declarations of the types below (`ClientOptions`, `ConnectionState`, `RoomUpdate`, …),
+// generated from the Rust types by `crate::ts` (`TIDEWIRE_UPDATE_TS=1 cargo test -p
+// tidewire-client --features ts --lib`).
 #[wasm_bindgen(typescript_custom_section)]
-const TS_TYPES: &'static str = r#"
-/** Transport names; `auto` (the default) picks SSE, WebSocket for presence/broadcast, and falls back to long-poll then polling. */
-export type TransportName = 'auto' | 'sse' | 'ws' | 'longpoll' | 'poll';
-
-/** Options of `new Client(options)`. Times are in milliseconds unless named otherwise. */
-export interface ClientOptions {
-  /** The server's base URL, e.g. `http://127.0.0.1:8080`. */
-  url: string;
-  transport?: TransportName;
-  /** Reconnection backoff: full jitter over `min(capMs, baseMs * 2^attempt)`, reset after `stableMs` connected. */
-  backoff?: { baseMs?: number; capMs?: number; stableMs?: number };
-  /** SSE / WebSocket must open within this time or count as stalled (default 5000). */
-  openTimeoutMs?: number;
-  /** An open SSE stream with no event and no heartbeat for 2 × the server's heartbeat interval plus this time counts as stalled, and so does an open WebSocket with no frame for 2 × `wsPingMs` plus this time (default 5000). */
-  heartbeatSlackMs?: number;
-  /** While a WebSocket is open, the client sends a `ping` frame this often (default 15000). */
-  wsPingMs?: number;
-  /** How long a fallback transport runs before trying the preferred one again (default 30000). */
-  climbMs?: number;
-  /** How long an out-of-order event waits for its gap before the snapshot is re-fetched (default 1000). */
-  reorderMs?: number;
-  /** Snapshot polling interval of the last-resort transport (default 3000). */
-  pollIntervalMs?: number;
-  /** Long-poll wait in seconds (default 25). */
-  longPollWaitSecs?: number;
-  /** Retries of a write on network failure, with the same idempotency key (default 8). */
-  writeRetries?: number;
-  /** Stable client id for presence (random by default). */
-  clientId?: string;
-  /** Random source in [0, 1) for jitter (default Math.random). */
-  random?: () => number;
-  /** With auth on: answers a JWT (or a promise of one). Called again before the token expires. */
-  getToken?: () => string | Promise<string>;
-}
-
-export type StateName = 'connecting' | 'open' | 'reconnecting' | 'degraded' | 'offline' | 'closed';
-
-/** A connection state change. `attempt` and `delayMs` are set for `reconnecting`. */
-export interface ConnectionState {
-  state: StateName;
-  attempt?: number;
-  delayMs?: number;
-  transport: 'sse' | 'ws' | 'longpoll' | 'poll' | null;
-}
-
-/** An item as the application sees it; `pending` while an optimistic write is unconfirmed. */
-export interface RoomItem { id: string; value: any; version: number; pending: boolean }
-
-/** A server event envelope (see `types/protocol.d.ts` for the typed payloads). */
-export interface TidewireEvent {
-  v: 1; type: string; room: string; seq?: number; id: string; ts: string; key: string | null; data: any;
-}
-
-/** What caused a room update: a server event, or a local change. */
-export type RoomUpdateCause =
-  | TidewireEvent
-  | { type: 'snapshot'; room: string; seq: number }
-  | { type: 'pending'; room: string; id: string; key: string }
-  | { type: 'rollback'; room: string; id: string; key: string };
-
-export interface RoomUpdate { items: RoomItem[]; seq: number; event: RoomUpdateCause }
-
-/** An optimistic write the server refused; `value` is the server's current value (null if absent). */
-export interface RollbackInfo {
-  id: string; value: any; version: number | null; error: { code: string; message: string };
-}
-
-export interface PresenceMember { client_id: string; user?: string; meta: any }
-export interface PresenceUpdate { type: 'join' | 'leave' | 'state'; member: PresenceMember | null; members: PresenceMember[] }
-export interface BroadcastMessage { event: string; data: any; from: string | null }
-
-/** Options of a write; `ifMatch` overrides the version the client knows (0: only if absent). */
-export interface WriteOptions { ifMatch?: number }
-
-/** Errors thrown or rejected by this package. */
-export interface TidewireError extends Error {
-  /** A protocol error code (`version_conflict`, `bad_room_name`, …), `network` or `closed`. */
-  code: string;
-  status?: number;
-  current?: { id: string; value: any; version: number };
-}
-"#;
+const TS_TYPES: &'static str = include_str!("../types/client.d.ts");
 
 #[wasm_bindgen]
 extern "C" {
@@ -180,31 +100,6 @@ fn call<T: serde::Serialize>(f: &Function, value: &T) {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct BackoffOptions {
-    base_ms: Option<u64>,
-    cap_ms: Option<u64>,
-    stable_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct JsOptions {
-    url: String,
-    transport: Option<String>,
-    backoff: Option<BackoffOptions>,
-    open_timeout_ms: Option<u64>,
-    heartbeat_slack_ms: Option<u64>,
-    ws_ping_ms: Option<u64>,
-    climb_ms: Option<u64>,
-    reorder_ms: Option<u64>,
-    poll_interval_ms: Option<u64>,
-    long_poll_wait_secs: Option<u32>,
-    write_retries: Option<u32>,
-    client_id: Option<String>,
-}
-
 /// A listener registration; `unsubscribe()` removes it (`close()` removes them all).
 /// Freeing or garbage-collecting this object does not remove the listener.
 #[wasm_bindgen]
@@ -229,7 +124,7 @@ impl Subscription {
 /// A Tidewire client: one live connection carrying all its rooms. It runs until `close()`
 /// (freeing or garbage-collecting the object does not close it).
 #[wasm_bindgen(js_name = Client)]
-pub struct JsClient(client::Client);
+pub struct JsClient(crate::Client);
 
 #[wasm_bindgen(js_class = Client)]
 impl JsClient {
@@ -255,48 +150,7 @@ impl JsClient {
                 reason: format!("{e}; expected {{ url: string, … }}"),
             })
         })?;
-        let mut o = client::Options::new(parsed.url.clone());
-        o.transport = match parsed.transport.as_deref() {
-            None | Some("auto") => None,
-            Some(name) => Some(TransportKind::parse(name).ok_or_else(|| {
-                to_js_error(&Error::BadOption {
-                    name: "transport",
-                    reason: format!("`{name}` is not auto, sse, ws, longpoll or poll"),
-                })
-            })?),
-        };
-        let d = BackoffConfig::default();
-        let b = parsed.backoff.unwrap_or_default();
-        o.backoff = BackoffConfig {
-            base_ms: b.base_ms.unwrap_or(d.base_ms),
-            cap_ms: b.cap_ms.unwrap_or(d.cap_ms),
-            stable_ms: b.stable_ms.unwrap_or(d.stable_ms),
-        };
-        if let Some(v) = parsed.open_timeout_ms {
-            o.open_timeout_ms = v;
-        }
-        if let Some(v) = parsed.heartbeat_slack_ms {
-            o.heartbeat_slack_ms = v;
-        }
-        if let Some(v) = parsed.ws_ping_ms {
-            o.ws_ping_ms = v;
-        }
-        if let Some(v) = parsed.climb_ms {
-            o.climb_ms = v;
-        }
-        if let Some(v) = parsed.reorder_ms {
-            o.reorder_ms = v;
-        }
-        if let Some(v) = parsed.poll_interval_ms {
-            o.poll_interval_ms = v;
-        }
-        if let Some(v) = parsed.long_poll_wait_secs {
-            o.long_poll_wait_secs = v;
-        }
-        if let Some(v) = parsed.write_retries {
-            o.write_retries = v;
-        }
-        o.client_id = parsed.client_id;
+        let mut o = parsed.into_options().map_err(|e| to_js_error(&e))?;
         if let Ok(f) = Reflect::get(&raw, &"random".into()).and_then(|f| f.dyn_into::<Function>()) {
             o.random = Some(Box::new(move || {
                 f.call0(&JsValue::NULL)
@@ -319,7 +173,7 @@ impl JsClient {
             }
             _ => {}
         }
-        client::Client::new(o)
+        crate::Client::new(o)
             .map(|c| JsClient(c.without_close_on_drop()))
             .map_err(|e| to_js_error(&e))
     }
@@ -333,7 +187,7 @@ impl JsClient {
 
     /// The current state object.
     pub fn state(&self) -> ConnectionStateValue {
-        to_js(&client::StateChange {
+        to_js(&StateChange {
             state: self.0.state(),
             transport: self.0.transport(),
         })
@@ -378,7 +232,7 @@ impl JsClient {
 
 /// A room on a client's connection.
 #[wasm_bindgen]
-pub struct Room(client::Room);
+pub struct Room(crate::Room);
 
 fn write_if_match(opts: Option<WriteOptionsArg>) -> Option<u64> {
     let v: JsValue = opts.map(Into::into).unwrap_or(JsValue::UNDEFINED);

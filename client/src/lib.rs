@@ -6,9 +6,13 @@
 //!
 //! The logic that decides things is plain Rust and tested natively:
 //! [`backoff`] (exponential backoff with full jitter), [`state`] (the connection state
-//! machine), [`ladder`] (which transport next: fallback and climb-back) and [`room`] (room
-//! state, ordering, pending writes). The browser layer
-//! (`client`, `transport`, `http`, `js`) is a thin shell around them, compiled for wasm32 only.
+//! machine), [`ladder`] (which transport next: fallback and climb-back), [`deadlines`] (open
+//! bound, stall watchdog, climb and token-refresh times), [`frames`] (URLs and WebSocket
+//! frames) and [`room`] (room state, ordering, pending writes); so are the options
+//! ([`Options`]) and the public event types ([`RoomUpdate`], [`StateChange`], …). The browser
+//! layer (`client`, `room_handle`, `optimistic`, `supervisor`, `connection`, `transport`,
+//! `http`, `js`) is a thin shell around them, compiled for wasm32 only. The module layout is
+//! described in the crate's README.
 //!
 //! ```
 //! use tidewire_client::room::RoomState;
@@ -29,25 +33,47 @@
 pub mod auth;
 pub mod backoff;
 #[cfg(target_arch = "wasm32")]
+mod browser;
+#[cfg(target_arch = "wasm32")]
 mod client;
+#[cfg(target_arch = "wasm32")]
+mod connection;
+pub mod deadlines;
 mod error;
+pub mod frames;
 #[cfg(target_arch = "wasm32")]
 pub mod http;
 #[cfg(target_arch = "wasm32")]
 pub mod js;
 pub mod ladder;
 pub mod listeners;
+#[cfg(target_arch = "wasm32")]
+mod optimistic;
+mod options;
 pub mod room;
+#[cfg(target_arch = "wasm32")]
+mod room_handle;
+#[cfg(target_arch = "wasm32")]
+mod shared;
 pub mod state;
 #[cfg(target_arch = "wasm32")]
+mod supervisor;
+#[cfg(target_arch = "wasm32")]
 mod transport;
+#[cfg(feature = "ts")]
+pub mod ts;
 pub mod typed;
+mod types;
 
 #[cfg(target_arch = "wasm32")]
-pub use client::{
-    BroadcastMessage, Cause, Client, ErrorInfo, LocalCause, Options, PresenceUpdate, Rollback,
-    Room, RoomUpdate, StateChange,
-};
+pub use client::Client;
 pub use error::Error;
 pub use listeners::{ListenerStream, Subscription};
+pub use options::Options;
+#[cfg(target_arch = "wasm32")]
+pub use room_handle::Room;
 pub use tidewire_protocol as protocol;
+pub use types::{
+    BroadcastMessage, Cause, ErrorInfo, LocalCause, PresenceUpdate, Rollback, RoomUpdate,
+    StateChange,
+};

@@ -34,10 +34,12 @@ use tidewire_protocol::{Envelope, Event, Member, Snapshot};
 
 /// An item as the application sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "ts", derive(ts_rs::TS), ts(rename = "RoomItem"))]
 pub struct ViewItem {
     /// The item id.
     pub id: String,
     /// The value (the optimistic one while `pending`).
+    #[cfg_attr(feature = "ts", ts(type = "any"))]
     pub value: Value,
     /// The last confirmed version (0 when the item was never confirmed).
     pub version: u64,

@@ -34,6 +34,14 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
+    /// Every transport, best first.
+    pub const ALL: [TransportKind; 4] = [
+        TransportKind::Sse,
+        TransportKind::Ws,
+        TransportKind::LongPoll,
+        TransportKind::Poll,
+    ];
+
     /// The name used in options and state objects: `sse`, `ws`, `longpoll`, `poll`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +90,16 @@ pub enum ConnState {
 }
 
 impl ConnState {
+    /// Every state's name, as [`ConnState::name`] gives it.
+    pub const NAMES: [&'static str; 6] = [
+        "connecting",
+        "open",
+        "reconnecting",
+        "degraded",
+        "offline",
+        "closed",
+    ];
+
     /// The state's name: `connecting`, `open`, `reconnecting`, `degraded`, `offline`, `closed`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -202,6 +220,30 @@ impl StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lists_name_every_transport_and_state() {
+        for t in TransportKind::ALL {
+            assert_eq!(TransportKind::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        let states = [
+            ConnState::Connecting,
+            ConnState::Open,
+            ConnState::Reconnecting {
+                attempt: 1,
+                delay_ms: 2,
+            },
+            ConnState::Degraded,
+            ConnState::Offline,
+            ConnState::Closed,
+        ];
+        let names: Vec<&str> = states.iter().map(ConnState::name).collect();
+        assert_eq!(names, ConnState::NAMES);
+        for s in &states {
+            assert_eq!(serde_json::to_value(s).unwrap()["state"], s.name());
+        }
+    }
 
     #[test]
     fn full_cycle() {
