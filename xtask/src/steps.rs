@@ -160,6 +160,13 @@ pub const STEPS: &[Step] = &[
             "--lib",
         ]),
     ),
+    Step::new(
+        "TypeScript declarations of the JS API are current (client/types/client.d.ts)",
+        Native,
+        Some("client/src/ts.rs"),
+        ".",
+        Cargo(&["test", "-p", "tidewire-client", "--features", "ts", "--lib"]),
+    ),
     // The benchmark's smoke: every target delivers, and a small reconnect storm over two worker
     // processes loses and duplicates nothing. Debug build of the workspace member `bench`, so
     // it reuses what "native tests" built; the servers are the debug `tidewire` and Node.
