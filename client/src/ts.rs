@@ -143,25 +143,71 @@ fn render_object(out: &mut String, decl: &ObjectDecl) {
     out.push_str(" };\n\n");
 }
 
-/// A type with a `ts-rs` derive, exported, its field docs indented.
+/// A type with a `ts-rs` derive, exported, laid out one field per line (see [`layout`]).
 fn derived<T: TS + ?Sized>(out: &mut String, cfg: &Config) {
     if let Some(docs) = T::docs() {
         out.push_str(&docs);
     }
-    let decl = T::decl(cfg);
-    for (i, line) in decl.lines().enumerate() {
-        let line = line.trim_end();
-        if i == 0 {
-            out.push_str("export ");
-        } else if line.starts_with('*') {
-            out.push_str("   ");
-        } else {
-            out.push_str("  ");
+    out.push_str("export ");
+    out.push_str(&layout(&T::decl(cfg)));
+    out.push('\n');
+}
+
+/// Lays out a `ts-rs` declaration the way `wasm-bindgen` re-indents the package's `.d.ts`
+/// (a line ending in `{` opens a level, a line starting with `}` closes one): every brace
+/// pair that spans lines gets its own line ends, then lines are indented by two spaces per
+/// level (doc comment lines one space more).
+pub fn layout(decl: &str) -> String {
+    let chars: Vec<char> = decl.chars().collect();
+    let mut open = Vec::new();
+    let mut break_after = Vec::new();
+    let mut break_before = Vec::new();
+    let mut in_comment = false;
+    for (i, &c) in chars.iter().enumerate() {
+        let next = chars.get(i + 1).copied();
+        match c {
+            '/' if !in_comment && next == Some('*') => in_comment = true,
+            '*' if in_comment && next == Some('/') => in_comment = false,
+            '{' if !in_comment => open.push(i),
+            '}' if !in_comment => {
+                if let Some(o) = open.pop() {
+                    if chars[o..i].contains(&'\n') {
+                        break_after.push(o);
+                        break_before.push(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut broken = String::with_capacity(decl.len() + 64);
+    for (i, &c) in chars.iter().enumerate() {
+        if break_before.contains(&i) {
+            broken.truncate(broken.trim_end().len());
+            broken.push('\n');
+        }
+        broken.push(c);
+        if break_after.contains(&i) {
+            broken.push('\n');
+        }
+    }
+    let mut out = String::with_capacity(broken.len());
+    let mut depth = 0usize;
+    for line in broken.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with('}') {
+            depth = depth.saturating_sub(1);
+        }
+        out.push_str(&"  ".repeat(depth));
+        if line.starts_with('*') {
+            out.push(' ');
         }
         out.push_str(line);
         out.push('\n');
+        if line.ends_with('{') {
+            depth += 1;
+        }
     }
-    out.push('\n');
+    out
 }
 
 /// The whole declarations file.
@@ -316,6 +362,39 @@ mod tests {
         ] {
             assert!(decl.contains(field), "`{field}` missing from {decl}");
         }
+    }
+
+    #[test]
+    fn layout_puts_multi_line_braces_on_their_own_lines() {
+        let decl = "type X = { \"type\": \"a\", \n/**\n * Doc with { a brace.\n */\nn: number, } | { \"type\": \"b\", \nm: { a: number, }, \nk: string, };";
+        assert_eq!(
+            layout(decl),
+            "type X = {\n  \"type\": \"a\",\n  /**\n   * Doc with { a brace.\n   */\n  n: number,\n} | {\n  \"type\": \"b\",\n  m: { a: number, },\n  k: string,\n};\n"
+        );
+    }
+
+    /// Every line ending in `{` is closed by a line starting with `}`, as `wasm-bindgen`
+    /// re-indents the package's `.d.ts` by them.
+    #[test]
+    fn braces_balance_line_by_line() {
+        let mut depth = 0i32;
+        for line in declarations().lines().map(str::trim) {
+            if line.starts_with('*') || line.starts_with("/*") || line.starts_with("//") {
+                continue;
+            }
+            if line.starts_with('}') {
+                depth -= 1;
+            }
+            assert!(depth >= 0, "unbalanced at `{line}`");
+            if line.ends_with('{') {
+                depth += 1;
+            }
+            let opens = line.matches('{').count() as i32;
+            let closes = line.matches('}').count() as i32;
+            let counted = i32::from(line.ends_with('{')) - i32::from(line.starts_with('}'));
+            assert_eq!(opens - closes, counted, "a brace in the middle of `{line}`");
+        }
+        assert_eq!(depth, 0);
     }
 
     /// Every key the value has is declared, and every required field is present.

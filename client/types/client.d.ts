@@ -79,7 +79,8 @@ export type ClientOptions = {
    * answering a JWT or a promise of one; called again before the token expires). Each
    * client has its own, also for the same server.
    */
-  getToken?: () => string | Promise<string>, };
+  getToken?: () => string | Promise<string>,
+};
 
 /**
  * The connection states.
@@ -110,7 +111,8 @@ export type RoomItem = {
   /**
    * Whether an optimistic write to this item is not yet confirmed.
    */
-  pending: boolean, };
+  pending: boolean,
+};
 
 /**
  * A server event envelope (see `types/protocol.d.ts` for the typed payloads).
@@ -125,7 +127,8 @@ export type RoomUpdateCause = TidewireEvent | LocalCause;
 /**
  * A change not caused by one server event.
  */
-export type LocalCause = { "type": "snapshot",
+export type LocalCause = {
+  "type": "snapshot",
   /**
    * The room.
    */
@@ -133,7 +136,9 @@ export type LocalCause = { "type": "snapshot",
   /**
    * The seq the snapshot reflects.
    */
-  seq: number, } | { "type": "pending",
+  seq: number,
+} | {
+  "type": "pending",
   /**
    * The room.
    */
@@ -145,7 +150,9 @@ export type LocalCause = { "type": "snapshot",
   /**
    * The write's idempotency key.
    */
-  key: string, } | { "type": "rollback",
+  key: string,
+} | {
+  "type": "rollback",
   /**
    * The room.
    */
@@ -157,7 +164,8 @@ export type LocalCause = { "type": "snapshot",
   /**
    * The write's idempotency key.
    */
-  key: string, };
+  key: string,
+};
 
 /**
  * A room's new state and what caused it.
@@ -174,7 +182,8 @@ export type RoomUpdate = {
   /**
    * The cause.
    */
-  event: RoomUpdateCause, };
+  event: RoomUpdateCause,
+};
 
 /**
  * An error as listeners see it.
@@ -187,7 +196,8 @@ export type ErrorInfo = {
   /**
    * A human-readable message.
    */
-  message: string, };
+  message: string,
+};
 
 /**
  * An optimistic write the server refused.
@@ -208,7 +218,8 @@ export type RollbackInfo = {
   /**
    * Why.
    */
-  error: ErrorInfo, };
+  error: ErrorInfo,
+};
 
 /**
  * A member of a room's presence set.
@@ -230,7 +241,8 @@ export type PresenceUpdate = {
   /**
    * Everyone present now.
    */
-  members: PresenceMember[], };
+  members: PresenceMember[],
+};
 
 /**
  * A broadcast message from another client.
@@ -247,7 +259,8 @@ export type BroadcastMessage = {
   /**
    * The sender's client id.
    */
-  from: string | null, };
+  from: string | null,
+};
 
 /**
  * Options of a write; `ifMatch` overrides the version the client knows (0: only if absent).
