@@ -156,7 +156,7 @@ impl Error {
     /// The error inside a failed WebSocket `ack`.
     pub fn ack_error(&self) -> AckError {
         if let Error::Store(_) = self {
-            tracing::error!(error = %self, "websocket write failed");
+            tracing::error!(error = %self, "a WebSocket request failed in the store");
         }
         AckError {
             code: self.code(),
