@@ -4,7 +4,7 @@
 //! library's API. The service-specific helpers build on it: `store::postgres::testing`,
 //! `presence::redis::testing`.
 //!
-//! ```ignore
+//! ```text
 //! // In a unit test of this crate:
 //! let up = crate::testing::ensure_service(
 //!     "Redis",

@@ -2,7 +2,7 @@
 //! [`run`] with a store opened with [`RETENTION`], and [`run_concurrent`]. Compiled only for
 //! this crate's unit tests.
 //!
-//! ```ignore
+//! ```text
 //! // In a backend's unit tests:
 //! let store = SqliteStore::open("sqlite::memory:", test_suite::RETENTION).await?;
 //! crate::store::test_suite::run(&store).await;

@@ -5,11 +5,16 @@
 //!
 //! A [`Db`] is owned by one worker thread (see the `worker` module); nothing here is shared.
 //!
-//! ```ignore
-//! // Inside the crate (these types are private to the SQLite store):
-//! let mut db = Db::open(Location::parse("sqlite::memory:")?, Role::Writer)?;
-//! let n: i64 = db.transaction("BEGIN", |conn| Ok(conn.query_row("SELECT 1", [], |r| r.get(0))?))?;
-//! assert_eq!(n, 1);
+//! The URL forms, as [`SqliteStore::open`](super::SqliteStore::open) sees them:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tidewire_server::store::{sqlite::SqliteStore, Retention};
+//! use tidewire_server::Error;
+//! assert!(SqliteStore::open("sqlite::memory:", Retention::default()).await.is_ok());
+//! let err = SqliteStore::open("postgres://x", Retention::default()).await.err().unwrap();
+//! assert!(matches!(err, Error::Config(_)));
+//! # });
 //! ```
 
 use std::time::Duration;

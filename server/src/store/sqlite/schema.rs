@@ -3,10 +3,17 @@
 //! the rest, in order, so a database made by an older version is brought up to date and a
 //! current one is left alone.
 //!
-//! ```ignore
-//! // Inside the crate (the writer's thread does this once when it opens):
-//! let mut db = Db::open(location, Role::Writer)?;
-//! db.migrate()?;
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tidewire_server::store::{sqlite::SqliteStore, Retention, Store, WriteOp, WriteRequest};
+//! let dir = tempfile::tempdir().unwrap();
+//! let url = format!("sqlite://{}", dir.path().join("t.db").display());
+//! let store = SqliteStore::open(&url, Retention::default()).await.unwrap(); // creates
+//! store.write(WriteRequest::new("r", WriteOp::Delete { id: "x".into() })).await.unwrap_err();
+//! drop(store);
+//! let store = SqliteStore::open(&url, Retention::default()).await.unwrap(); // up to date
+//! assert_eq!(store.head("r").await.unwrap(), 0);
+//! # });
 //! ```
 
 use super::connection::Db;

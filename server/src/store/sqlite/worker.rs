@@ -4,10 +4,18 @@
 //! A job that panics loses its answer (its caller gets an error) but not the thread: the
 //! connection is settled and the next job runs.
 //!
-//! ```ignore
-//! // Inside the crate (the store starts one worker per connection):
-//! let worker = Worker::spawn("tidewire-sqlite-w", || Db::open(location, Role::Writer)).await?;
-//! let head = worker.run(|db| db.head("r")).await??;
+//! Writes sent at once are run one after the other on the writer's thread:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tidewire_server::store::{sqlite::SqliteStore, Retention, Store, WriteOp, WriteRequest};
+//! let store = SqliteStore::open("sqlite::memory:", Retention::default()).await.unwrap();
+//! let put = |id: &str| WriteRequest::new("r", WriteOp::Put { id: id.into(), value: 1.into() });
+//! let (a, b) = tokio::join!(store.write(put("a")), store.write(put("b")));
+//! let mut seqs = [a.unwrap().envelope.seq, b.unwrap().envelope.seq];
+//! seqs.sort();
+//! assert_eq!(seqs, [Some(1), Some(2)]);
+//! # });
 //! ```
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
