@@ -14,6 +14,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tidewire_protocol::{AckError, ErrorCode, Item, Problem, ProtocolError};
 
+use crate::store::StoreError;
+
+/// What a client is told when the store failed. The driver's text (SQL, table names, file
+/// paths) stays in the server's log.
+const STORE_UNAVAILABLE: &str = "store unavailable: the database could not complete the request";
+
 /// Everything that can go wrong in the server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -85,12 +91,10 @@ pub enum Error {
     /// The server is draining.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// The store failed (PostgreSQL).
+    /// The store failed: its database did not answer, refused a statement or is full. Each
+    /// backend turns its driver's errors into this one (see [`StoreError`]).
     #[error("store unavailable: {0}")]
-    Store(#[from] sqlx::Error),
-    /// The store failed (SQLite).
-    #[error("store unavailable: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Store(#[from] StoreError),
     /// A shared backend other than the store (the ticket ledger in Redis) did not answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -124,16 +128,23 @@ impl Error {
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
             Error::TokenExpired => ErrorCode::TokenExpired,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
-            Error::Store(_) | Error::Sqlite(_) | Error::Unavailable(_) => {
-                ErrorCode::StoreUnavailable
-            }
+            Error::Store(_) | Error::Unavailable(_) => ErrorCode::StoreUnavailable,
             Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What a client is told: the error's text, except for a store failure, whose cause is
+    /// only logged (a stable short detail instead).
+    fn public_detail(&self) -> String {
+        match self {
+            Error::Store(_) => STORE_UNAVAILABLE.to_owned(),
+            _ => self.to_string(),
         }
     }
 
     /// The RFC 9457 problem for this error.
     pub fn problem(&self) -> Problem {
-        let mut p = Problem::new(self.code(), self.to_string());
+        let mut p = Problem::new(self.code(), self.public_detail());
         match self {
             Error::VersionConflict { current, .. } => p.current = current.clone(),
             Error::RateLimited { retry_after } => p.retry_after = Some(*retry_after),
@@ -144,9 +155,12 @@ impl Error {
 
     /// The error inside a failed WebSocket `ack`.
     pub fn ack_error(&self) -> AckError {
+        if let Error::Store(_) = self {
+            tracing::error!(error = %self, "a WebSocket request failed in the store");
+        }
         AckError {
             code: self.code(),
-            title: self.to_string(),
+            title: self.public_detail(),
             current: match self {
                 Error::VersionConflict { current, .. } => current.clone(),
                 _ => None,
@@ -159,11 +173,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(
             self,
-            Error::Store(_)
-                | Error::Sqlite(_)
-                | Error::Unavailable(_)
-                | Error::Internal(_)
-                | Error::Config(_)
+            Error::Store(_) | Error::Unavailable(_) | Error::Internal(_) | Error::Config(_)
         ) {
             tracing::error!(error = %self, "request failed");
         }
@@ -204,6 +214,27 @@ mod tests {
         assert_eq!(p.code, ErrorCode::VersionConflict);
         assert_eq!(p.current, Some(item.clone()));
         assert_eq!(err.ack_error().current, Some(item));
+    }
+
+    /// A store failure is a 503 `store_unavailable` whose detail names no driver text; the
+    /// error's own message (for the log) keeps the cause.
+    #[test]
+    fn a_store_failure_is_a_503_without_the_driver_s_text() {
+        let err = Error::from(StoreError::new(
+            "sqlite",
+            std::io::Error::other("database or disk is full: INSERT INTO events"),
+        ));
+        assert!(
+            err.to_string().contains("database or disk is full"),
+            "{err}"
+        );
+        let p = err.problem();
+        assert_eq!(p.status, 503);
+        assert_eq!(p.code, ErrorCode::StoreUnavailable);
+        assert_eq!(p.detail, STORE_UNAVAILABLE);
+        assert_eq!(err.ack_error().title, STORE_UNAVAILABLE);
+        let res = err.into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod store;
-pub mod testing;
+#[cfg(test)]
+mod testing;
 pub mod transport;
 
 use std::sync::Arc;

@@ -1,16 +1,18 @@
-//! Support for tests that need the machine's PostgreSQL or Redis: make sure the service
+//! Support for unit tests that need the machine's PostgreSQL or Redis: make sure the service
 //! answers, starting it when it does not, and never pass silently when it cannot be had.
+//! Compiled only for this crate's unit tests (`#[cfg(test)]`); it is not part of the
+//! library's API. The service-specific helpers build on it: `store::postgres::testing`,
+//! `presence::redis::testing`.
 //!
-//! ```no_run
-//! # async fn demo() {
-//! let up = tidewire_server::testing::ensure_service(
+//! ```text
+//! // In a unit test of this crate:
+//! let up = crate::testing::ensure_service(
 //!     "Redis",
 //!     "redis://127.0.0.1:6379",
 //!     "redis-server --daemonize yes --port 6379",
 //!     || async { true /* ping it */ },
 //! )
 //! .await;
-//! # let _ = up; }
 //! ```
 
 use std::future::Future;
@@ -20,7 +22,7 @@ use std::time::Duration;
 /// command) and waits up to 5 s. Still unreachable: prints `SKIPPED: …` and answers `false`
 /// when `TIDEWIRE_SKIP_SERVICES=1`, and panics otherwise, so a missing service is never a
 /// silent pass.
-pub async fn ensure_service<F, Fut>(name: &str, url: &str, start: &str, reachable: F) -> bool
+pub(crate) async fn ensure_service<F, Fut>(name: &str, url: &str, start: &str, reachable: F) -> bool
 where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,

@@ -1,5 +1,10 @@
-//! Transports over real sockets (server on 127.0.0.1:0 in this process): SSE and WebSocket
-//! resume with no gap and no duplicate, long-poll, presence, slow consumers, shutdown.
+//! Transports over real sockets (server on 127.0.0.1:0 in this process): WebSocket frames,
+//! acks and close codes, long-poll, presence, per-client connection limits, and what the
+//! router does while the library's shutdown drains.
+//!
+//! SSE resume, slow consumers and the binary's shutdown are tested against the binary (see
+//! `tests/README.md`): `tests/tests/single_node/{resume,resync,sse,shutdown,slow_consumer}.rs`
+//! and the `slow_consumer` drill.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -106,77 +111,6 @@ impl Sse {
             }
         }
     }
-}
-
-#[tokio::test]
-async fn sse_replays_then_goes_live_with_no_gap_and_no_duplicate() {
-    let (addr, _server) = start(|_| {}).await;
-    let http = reqwest::Client::new();
-    for i in 1..=5 {
-        publish(&http, &addr, "a", i).await;
-    }
-    let mut sse = Sse::open(format!("http://{addr}/v1/sse?rooms=a,b&since=a=2"), None).await;
-    let start = sse.next().await.unwrap();
-    assert_eq!(start.retry, Some(1000));
-    assert_eq!(
-        start.id.as_deref(),
-        Some("a=2,b=0"),
-        "the starting cursor, id only"
-    );
-    assert!(start.data.is_none());
-    // Writes race with the replay.
-    let writer = {
-        let (http, addr) = (http.clone(), addr.clone());
-        tokio::spawn(async move {
-            for i in 6..=60 {
-                publish(&http, &addr, "a", i).await;
-            }
-        })
-    };
-    let mut last_id = String::new();
-    for expected in 3..=60u64 {
-        let (id, env) = sse.next_data().await.unwrap();
-        assert_eq!(env["seq"], expected, "in order, once");
-        assert_eq!(env["room"], "a");
-        let id = id.expect("durable events carry an id");
-        assert_eq!(id, format!("a={expected},b=0"));
-        last_id = id;
-    }
-    writer.await.unwrap();
-    drop(sse);
-
-    // Resume from the last id: nothing again, then the next live event.
-    let mut sse = Sse::open(format!("http://{addr}/v1/sse?rooms=a,b"), Some(&last_id)).await;
-    assert_eq!(
-        sse.next().await.unwrap().id.as_deref(),
-        Some(last_id.as_str())
-    );
-    publish(&http, &addr, "b", 1).await;
-    let (id, env) = sse.next_data().await.unwrap();
-    assert_eq!(
-        (env["room"].as_str(), env["seq"].as_u64()),
-        (Some("b"), Some(1))
-    );
-    assert_eq!(id.as_deref(), Some("a=60,b=1"));
-}
-
-#[tokio::test]
-async fn sse_resync_when_the_log_no_longer_reaches_back() {
-    let (addr, _server) = start(|c| c.retention_events = 3).await;
-    let http = reqwest::Client::new();
-    for i in 1..=6 {
-        publish(&http, &addr, "t", i).await;
-    }
-    let mut sse = Sse::open(format!("http://{addr}/v1/sse?rooms=t&since=t=1"), None).await;
-    let (id, env) = sse.next_data().await.unwrap();
-    assert_eq!(id, None, "control events carry no id");
-    assert_eq!(env["type"], "resync");
-    assert_eq!(env["data"]["seq"], 6);
-    assert_eq!(env["data"]["reason"], "history_trimmed");
-    publish(&http, &addr, "t", 7).await;
-    let (id, env) = sse.next_data().await.unwrap();
-    assert_eq!(env["seq"], 7);
-    assert_eq!(id.as_deref(), Some("t=7"));
 }
 
 #[tokio::test]
@@ -454,54 +388,10 @@ async fn long_poll_answers_at_once_or_waits() {
     assert_eq!(res["cursor"], "q=8");
 }
 
-#[tokio::test]
-async fn a_slow_sse_consumer_is_cut_off_and_resumes_losslessly() {
-    let (addr, server) = start(|c| c.queue_capacity = 4).await;
-    let http = reqwest::Client::new();
-    // In process: hold the body without reading it.
-    let res = tower::ServiceExt::oneshot(
-        server.router(),
-        axum::http::Request::get("/v1/sse?rooms=s")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    for i in 1..=40 {
-        publish(&http, &addr, "s", i).await;
-    }
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20);
-    let bytes = tokio::time::timeout(T, body)
-        .await
-        .expect("the stream ends")
-        .unwrap();
-    let text = String::from_utf8(bytes.to_vec()).unwrap();
-    let last_id = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .next_back()
-        .unwrap()
-        .to_owned();
-    let received = text.matches("\"type\":\"test.n\"").count();
-    assert!(received < 40, "cut off before the end: {received}");
-    let metrics = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("tidewire_slow_consumer_disconnects_total{transport=\"sse\"}"));
-
-    let mut sse = Sse::open(format!("http://{addr}/v1/sse?rooms=s"), Some(&last_id)).await;
-    let resumed_from: u64 = last_id.strip_prefix("s=").unwrap().parse().unwrap();
-    for expected in resumed_from + 1..=40 {
-        let (_, env) = sse.next_data().await.unwrap();
-        assert_eq!(env["seq"], expected);
-    }
-}
-
+/// The library's `Server::begin_shutdown` (what the binary does on SIGTERM): every client is
+/// told to reconnect, and while draining the router refuses new work with 503. The binary's
+/// side (many clients, delays spread over the window, process exit) is
+/// `tests/tests/single_node/shutdown.rs`.
 #[tokio::test]
 async fn shutdown_tells_every_client_to_reconnect() {
     let (addr, server) = start(|c| c.drain_window_ms = 2000).await;
@@ -555,43 +445,6 @@ async fn websocket_oversized_frame_closes_1009() {
     let big = json!({"type":"broadcast","room":"r","event":"x","data":"y".repeat(4000)});
     send(&mut a, big).await;
     assert_eq!(recv(&mut a).await, json!({"closed": 1009}));
-}
-
-#[tokio::test]
-async fn a_slow_websocket_consumer_is_closed_4002() {
-    let (addr, _server) = start(|c| c.queue_capacity = 2).await;
-    let mut a = ws(&addr, "").await;
-    send(
-        &mut a,
-        json!({"type":"subscribe","ref":"1","rooms":["big"]}),
-    )
-    .await;
-    assert_eq!(recv(&mut a).await["type"], "ack");
-    // Stop reading; fill the socket buffers and then the queue.
-    let http = reqwest::Client::new();
-    let blob = "z".repeat(200_000);
-    for _ in 0..80 {
-        let res = http
-            .post(format!("http://{addr}/v1/rooms/big/events"))
-            .json(&json!({"type": "blob", "data": blob}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-    }
-    let mut code = None;
-    let deadline = tokio::time::Instant::now() + T;
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(T, a.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => {
-                code = f.map(|f| u16::from(f.code));
-                break;
-            }
-            Ok(Some(Ok(_))) => continue,
-            _ => break,
-        }
-    }
-    assert_eq!(code, Some(4002));
 }
 
 #[tokio::test]

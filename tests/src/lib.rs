@@ -39,8 +39,7 @@
 //!
 //! Environment: `TIDEWIRE_BIN` (the binary under test; default: beside the test executable,
 //! rebuilt when `server/` or `shared/src` is newer), `TIDEWIRE_E2E_SEED` (replay the random
-//! choices of a run; every randomised test prints its seed), `TIDEWIRE_E2E_SLOW_BROADCASTS`
-//! (size of the slow-consumer flood, default 320 broadcasts of 256 KiB).
+//! choices of a run; every randomised test prints its seed).
 
 mod check;
 mod error;

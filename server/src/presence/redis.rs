@@ -297,9 +297,9 @@ impl Presence for RedisPresence {
     }
 }
 
-/// Test helpers: the local Redis.
-#[doc(hidden)]
-pub mod testing {
+/// Test helpers: the local Redis (for this crate's unit tests).
+#[cfg(test)]
+pub(crate) mod testing {
     /// The Redis the tests use: `TIDEWIRE_TEST_REDIS` or the local default.
     pub fn url() -> String {
         std::env::var("TIDEWIRE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())

@@ -22,7 +22,9 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tidewire_protocol::{Envelope, ItemState, Snapshot};
 
 use super::plan::{self, ItemChange, StoredItem};
-use super::{now, Retention, StoredEvent, WriteOp, WriteRequest, Written};
+use super::{
+    now, to_i64, to_u64, Retention, StoreError, StoredEvent, WriteOp, WriteRequest, Written,
+};
 use crate::{Error, Result, Store};
 
 /// An arbitrary constant: the advisory lock held while migrating.
@@ -63,18 +65,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS tidewire_idempotency_created ON tidewire_idempotency (created_ms);",
 ];
 
+/// PostgreSQL's errors, as the rest of the server sees them: the store is unavailable.
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        Error::Store(StoreError::new("postgres", err))
+    }
+}
+
 /// The PostgreSQL store.
 pub struct PostgresStore {
     pool: PgPool,
     retention: Retention,
-}
-
-fn to_u64(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
-fn to_i64(v: u64) -> i64 {
-    v.min(i64::MAX as u64) as i64
 }
 
 impl PostgresStore {
@@ -434,8 +435,8 @@ impl Store for PostgresStore {
 }
 
 /// Test helpers: a throwaway database on the local PostgreSQL.
-#[doc(hidden)]
-pub mod testing {
+#[cfg(test)]
+mod testing {
     use sqlx::Connection;
 
     /// The server the tests use: `TIDEWIRE_TEST_POSTGRES` or the local default.

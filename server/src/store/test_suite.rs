@@ -1,10 +1,11 @@
-//! Behaviour tests written once against `&dyn Store`; every implementation runs [`run`]
-//! with a store opened with [`RETENTION`].
+//! Behaviour tests written once against `&dyn Store`; every implementation's unit tests run
+//! [`run`] with a store opened with [`RETENTION`], and [`run_concurrent`]. Compiled only for
+//! this crate's unit tests.
 //!
-//! ```no_run
-//! # async fn f(store: &dyn tidewire_server::Store) {
-//! tidewire_server::store::test_suite::run(store).await;
-//! # }
+//! ```text
+//! // In a backend's unit tests:
+//! let store = SqliteStore::open("sqlite::memory:", test_suite::RETENTION).await?;
+//! crate::store::test_suite::run(&store).await;
 //! ```
 
 use std::sync::Arc;

@@ -286,6 +286,12 @@ async fn slow_consumer_is_cut_resumes_and_does_not_slow_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let m = rest.metrics().await.unwrap_or_default();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("tidewire_slow_consumer_disconnects_total{transport=\"sse\"}")),
+        "the cut is counted under transport=\"sse\":\n{m}"
+    );
     cut.store(true, Ordering::SeqCst);
     phase.store(AFTER, Ordering::SeqCst);
     // A second of writes after the cut (the slow one must get them by resuming), then stop.

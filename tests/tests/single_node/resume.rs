@@ -477,6 +477,14 @@ async fn sse_id_cursor_covers_every_room() {
         let id: Cursor = ev.id.parse().expect("id is a cursor");
         ids.push((id.get("r0"), id.get("r1")));
     }
+    // The stream opened with the default reconnection delay.
+    let raw = sse.raw_text();
+    let retry = raw
+        .lines()
+        .find(|l| !l.is_empty())
+        .and_then(|l| l.strip_prefix("retry:"))
+        .map(|v| v.trim().parse::<u64>());
+    assert_eq!(retry, Some(Ok(1000)), "the default `retry:`\n{raw}");
     assert_eq!(
         ids,
         vec![

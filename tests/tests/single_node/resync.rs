@@ -90,6 +90,16 @@ async fn sse_resume_from_trimmed_position_gets_resync_then_live() {
             .expect("SSE opens");
         let first = sse.next(T).await.expect("first event");
         assert_resync(&first.envelope, head);
+        // A control event: its block carries no `id:`.
+        let raw = sse.raw_text();
+        let block = raw
+            .split("\n\n")
+            .find(|b| b.contains("\"resync\""))
+            .expect("resync block");
+        assert!(
+            !block.lines().any(|l| l.starts_with("id:")),
+            "the resync block has an id: {block:?}"
+        );
         rest.put("a", "live", &json!(1), &WriteOptions::default())
             .await
             .expect("put")
@@ -99,6 +109,11 @@ async fn sse_resume_from_trimmed_position_gets_resync_then_live() {
             live.envelope.seq,
             Some(head + 1),
             "the stream continues from the head"
+        );
+        assert_eq!(
+            live.id,
+            format!("a={}", head + 1),
+            "its id is the new cursor"
         );
     }
 }
