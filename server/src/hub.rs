@@ -11,7 +11,7 @@
 //! use std::sync::Arc;
 //! use tidewire_server::hub::Hub;
 //! use tidewire_server::store::{sqlite::SqliteStore, Retention};
-//! use tidewire_server::transport::queue::queue;
+//! use tidewire_server::outbound::queue;
 //! let store = Arc::new(SqliteStore::open("sqlite::memory:", Retention::default()).await.unwrap());
 //! let hub = Hub::new(store);
 //! let (outbox, _inbox) = queue(16);
@@ -23,12 +23,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use axum::extract::ws::Utf8Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crate::bus::{BusMessage, Kind};
 use crate::metrics;
-use crate::transport::queue::{Outbound, Outbox, Push};
+use crate::outbound::{self, Outbound, Outbox, Push};
 use crate::Store;
 
 struct Sub {
@@ -102,11 +103,12 @@ impl Hub {
 
     /// Delivers one bus message to local connections (deduplicating and filling gaps).
     pub async fn deliver(&self, msg: BusMessage) {
+        let text = outbound::text(msg.payload);
         let Some(seq) = msg.seq.filter(|_| msg.kind == Kind::Durable) else {
             self.fan_out(&msg.room, |sub_id, sub| match msg.kind {
                 Kind::Presence if !sub.presence => None,
                 Kind::Broadcast if msg.origin.as_deref() == Some(&**sub_id) => None,
-                _ => Some(Outbound::Message(msg.payload.clone())),
+                _ => Some(Outbound::Message(text.clone())),
             });
             return;
         };
@@ -126,7 +128,7 @@ impl Hub {
                 self.fill_gap(&msg.room, last, seq).await;
             }
         }
-        self.deliver_durable(&msg.room, seq, &msg.payload);
+        self.deliver_durable(&msg.room, seq, &text);
     }
 
     async fn fill_gap(&self, room: &Arc<str>, last: u64, seq: u64) {
@@ -145,7 +147,7 @@ impl Hub {
         }
     }
 
-    fn deliver_durable(&self, room: &Arc<str>, seq: u64, payload: &axum::extract::ws::Utf8Bytes) {
+    fn deliver_durable(&self, room: &Arc<str>, seq: u64, payload: &Utf8Bytes) {
         {
             let mut rooms = self.lock();
             let Some(entry) = rooms.get_mut(room) else {
@@ -191,9 +193,9 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::{queue, Inbox};
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Retention, WriteOp, WriteRequest};
-    use crate::transport::queue::{queue, Inbox};
     use tidewire_protocol::RawAppEvent;
 
     async fn setup() -> (Arc<SqliteStore>, Arc<Hub>, Inbox) {

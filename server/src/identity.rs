@@ -15,13 +15,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use ipnet::IpNet;
 
 use crate::auth::{Grant, COOKIE_NAME};
-use crate::{AppState, Error, Result};
+use crate::state::Identify;
+use crate::{Error, Result};
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,18 +92,23 @@ fn ticket(query: Option<&str>) -> Option<&str> {
         .map(|(_, v)| v)
 }
 
-impl FromRequestParts<AppState> for ClientIdentity {
+impl<S> FromRequestParts<S> for ClientIdentity
+where
+    Identify: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = Error;
 
     /// Anonymous when auth is off. Otherwise the Bearer token wins, then `?ticket=`, then
     /// the cookie; none of them is `401 unauthorized`.
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let state = Identify::from_ref(state);
         let Some(auth) = state.auth.as_ref() else {
             let key = parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| {
-                    client_ip(addr.ip(), &parts.headers, &state.config.trusted_proxies).to_string()
+                    client_ip(addr.ip(), &parts.headers, &state.trusted_proxies).to_string()
                 })
                 .unwrap_or_else(|| "local".to_owned());
             return Ok(ClientIdentity::anonymous(key));

@@ -16,28 +16,41 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Architecture: [`store`] (durable log + items) → [`service`] (write path: store, then
-//! publish) → [`bus`] → [`hub`] (fan-out to local connections) → [`transport`] (one bounded
-//! queue per connection, drained by SSE, WebSocket or long-poll). [`presence`] is ephemeral
-//! state; [`limits`], [`identity`] and [`shutdown`] are cross-cutting.
+//! Architecture (each layer imports only those below it; `docs/architecture.md` draws it):
+//! [`store`], [`bus`], [`presence`] (backends behind traits) → [`service`] (the ordered write
+//! path), [`hub`] (fan-out to this node's connections) and [`outbound`] (one bounded queue per
+//! connection) → [`policy`] (the one write policy) → [`session`] (what a connection receives:
+//! catch-up, dedupe, commands) → [`transport`] (SSE, WebSocket, long-poll: I/O only) →
+//! [`routes`] (the HTTP surface) → [`serve`] (the accept loop). [`state`] splits the router's
+//! state into the substates handlers extract; [`identity`], [`auth`], [`limits`],
+//! [`metrics`], [`shutdown`] and [`clock`] are cross-cutting.
 //!
 //! Several nodes: `--database postgres://…` selects [`store::postgres`] and `--redis redis://…`
 //! the Redis [`bus`] and [`presence`] (see `docs/scaling.md`); without them a node runs on
 //! SQLite with the in-process bus.
 
 pub mod auth;
+mod backends;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod outbound;
+pub mod payload;
+pub mod policy;
 pub mod presence;
+#[cfg(feature = "redis")]
+pub mod redis_conn;
 pub mod routes;
 pub mod serve;
 pub mod service;
+pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod store;
 #[cfg(test)]
 mod testing;
@@ -47,83 +60,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use config::Config;
 pub use error::{Error, Result};
+pub use state::AppState;
 pub use store::Store;
 
-use crate::bus::redis::RedisBus;
-use crate::bus::{memory::MemoryBus, Bus};
 use crate::hub::Hub;
 use crate::limits::Limits;
-use crate::presence::memory::MemoryPresence;
-use crate::presence::{redis::RedisPresence, Presence};
+use crate::policy::Policy;
 use crate::service::Service;
+use crate::session::{Sessions, Settings};
 use crate::shutdown::Shutdown;
-use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Retention};
-
-/// Everything a request handler needs, shared by all connections.
-pub struct Shared {
-    /// The configuration.
-    pub config: Config,
-    /// The write path and backends.
-    pub service: Service,
-    /// Local fan-out.
-    pub hub: Arc<Hub>,
-    /// Per-client limits.
-    pub limits: Limits,
-    /// The draining flag.
-    pub shutdown: Shutdown,
-    /// The metrics page.
-    pub metrics: PrometheusHandle,
-    /// JWT auth, when a secret is configured (`None`: open access).
-    pub auth: Option<Arc<auth::Auth>>,
-}
-
-/// The state type of every route.
-pub type AppState = Arc<Shared>;
+use crate::state::{BodyLimit, Identify, Ops};
 
 /// A configured server: backends opened, background tasks running.
 #[derive(Clone)]
 pub struct Server {
-    shared: AppState,
-}
-
-/// The store, bus and presence the configuration asks for: SQLite or PostgreSQL by the
-/// database URL; Redis bus and presence with `--redis`, in-process ones without.
-async fn open_backends(
-    config: &Config,
-) -> Result<(Arc<dyn Store>, Arc<dyn Bus>, Arc<dyn Presence>)> {
-    let db = config.database.as_str();
-    let retention = Retention {
-        events: config.retention_events.max(1),
-        secs: config.retention_secs,
-        idempotency_secs: config.idempotency_ttl_secs,
-    };
-    let store: Arc<dyn Store> = if db.starts_with("postgres://") || db.starts_with("postgresql://")
-    {
-        Arc::new(PostgresStore::open(db, retention).await?)
-    } else if db.starts_with("sqlite:") {
-        Arc::new(SqliteStore::open(db, retention).await?)
-    } else {
-        return Err(Error::Config(format!(
-            "unknown database URL `{db}`: use sqlite://path, sqlite::memory: or postgres://…"
-        )));
-    };
-    let grace = Duration::from_millis(config.presence_grace_ms);
-    let ttl = config.idle_timeout() + grace;
-    let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match config.redis.as_deref() {
-        Some(url) => (
-            Arc::new(RedisBus::connect(url, &config.redis_prefix, config.bus_drop_every).await?),
-            Arc::new(RedisPresence::connect(url, &config.redis_prefix, grace, ttl).await?),
-        ),
-        None => (
-            Arc::new(MemoryBus::new()),
-            Arc::new(MemoryPresence::new(grace, ttl)),
-        ),
-    };
-    Ok((store, bus, presence))
+    state: AppState,
+    config: Arc<Config>,
 }
 
 /// With a lossy bus, a room whose *last* event was lost has no later event to reveal the gap:
@@ -164,52 +119,69 @@ impl Server {
     /// Opens the store (creating and migrating it), starts the hub, the presence reaper and
     /// retention. Must run inside a Tokio runtime.
     pub async fn new(config: Config) -> Result<Server> {
-        let auth = match (config.jwt_secret.as_deref(), config.redis.as_deref()) {
-            (Some(""), _) => return Err(Error::Config("--jwt-secret must not be empty".into())),
-            (Some(secret), None) => Some(Arc::new(auth::Auth::new(secret))),
-            (Some(secret), Some(url)) => {
-                let ledger = auth::ledger::RedisLedger::connect(url, &config.redis_prefix).await?;
-                Some(Arc::new(auth::Auth::with_ledger(secret, Arc::new(ledger))))
-            }
-            (None, _) => None,
-        };
-        let (store, bus, presence) = open_backends(&config).await?;
+        let auth = backends::open_auth(&config).await?;
+        let (store, bus, presence) = backends::open(&config).await?;
         let hub = Hub::new(store.clone());
         tokio::spawn(hub.clone().run(bus.subscribe()));
         if config.redis.is_some() {
             spawn_head_check(Arc::downgrade(&hub), store.clone());
         }
-        let shared = Arc::new(Shared {
-            limits: Limits::new(
-                config.max_connections_per_client,
-                config.write_rate,
-                config.write_burst,
-            ),
-            shutdown: Shutdown::new(config.drain_window()),
-            metrics: metrics::install(),
-            auth,
-            service: Service::new(store, bus, presence),
+        let service = Arc::new(Service::new(store, bus, presence));
+        let limits = Arc::new(Limits::new(
+            config.max_connections_per_client,
+            config.write_rate,
+            config.write_burst,
+        ));
+        let policy = Policy::new(service.clone(), limits, config.max_item_bytes);
+        let shutdown = Arc::new(Shutdown::new(config.drain_window()));
+        let sessions = Arc::new(Sessions::new(
+            service.clone(),
             hub,
-            config,
-        });
-        spawn_maintenance(Arc::downgrade(&shared));
-        Ok(Server { shared })
+            policy.clone(),
+            shutdown.clone(),
+            auth.clone(),
+            Settings::from_config(&config),
+        ));
+        let state = AppState {
+            sessions,
+            policy,
+            service: service.clone(),
+            identify: Identify {
+                auth,
+                trusted_proxies: config.trusted_proxies.clone().into(),
+            },
+            ops: Ops {
+                metrics: metrics::install(),
+                shutdown,
+            },
+            body_limit: BodyLimit(config.max_body_bytes),
+        };
+        spawn_maintenance(Arc::downgrade(&service), config.retention_secs);
+        Ok(Server {
+            state,
+            config: Arc::new(config),
+        })
     }
 
     /// The routes, ready to serve or to mount. Serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()` so limits are per peer address.
     pub fn router(&self) -> Router {
-        routes::router(self.shared.clone())
+        routes::router(self.state.clone(), &self.config)
     }
 
     /// Starts draining: `/healthz` answers 503, every connection is told to reconnect.
     pub fn begin_shutdown(&self) {
-        self.shared.shutdown.begin();
+        self.state.ops.shutdown.begin();
     }
 
-    /// The shared state (for embedding and tests).
+    /// The router's state (for embedding: mount your own routes on its substates).
     pub fn state(&self) -> &AppState {
-        &self.shared
+        &self.state
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 }
 
@@ -218,22 +190,23 @@ pub async fn router(config: Config) -> Result<Router> {
     Ok(Server::new(config).await?.router())
 }
 
-fn spawn_maintenance(shared: std::sync::Weak<Shared>) {
+fn spawn_maintenance(service: std::sync::Weak<Service>, retention_secs: u64) {
     tokio::spawn(async move {
         let mut reap = tokio::time::interval(Duration::from_millis(250));
         let mut ticks: u64 = 0;
         loop {
             reap.tick().await;
-            let Some(s) = shared.upgrade() else { return };
-            if let Err(err) = s.service.reap_presence().await {
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            if let Err(err) = service.reap_presence().await {
                 tracing::warn!(%err, "presence reaper");
             }
             // Retention by age, once a minute (and at start).
             if ticks.is_multiple_of(240) {
-                let cutoff = store::now()
-                    .1
-                    .saturating_sub((s.config.retention_secs as i64).saturating_mul(1000));
-                match s.service.store.trim_expired(cutoff).await {
+                let cutoff =
+                    clock::now_ms().saturating_sub((retention_secs as i64).saturating_mul(1000));
+                match service.trim_expired(cutoff).await {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "retention trimmed events"),
                     Ok(_) => {}
                     Err(err) => tracing::warn!(%err, "retention"),

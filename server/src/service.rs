@@ -28,12 +28,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde_json::Value;
-use tidewire_protocol::{BroadcastData, Envelope, Event, Member};
+use tidewire_protocol::{BroadcastData, Envelope, Event, Member, Snapshot};
 use tokio::sync::oneshot;
 
 use crate::bus::{Bus, BusMessage};
+use crate::clock::now;
 use crate::presence::Presence;
-use crate::store::{now, Store, WriteRequest, Written};
+use crate::store::{Store, StoredEvent, WriteRequest, Written};
 use crate::{metrics, Error, Result};
 
 const STRIPES: usize = 256;
@@ -79,14 +80,12 @@ impl Drop for Committing {
     }
 }
 
-/// Store, bus and presence, and the ordering of writes.
+/// Store, bus and presence, and the ordering of writes. Its parts are private: sessions and
+/// routes use the operations below.
 pub struct Service {
-    /// The durable store.
-    pub store: Arc<dyn Store>,
-    /// The bus.
-    pub bus: Arc<dyn Bus>,
-    /// Presence sets.
-    pub presence: Arc<dyn Presence>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
     lanes: Vec<Arc<Lane>>,
 }
 
@@ -172,6 +171,48 @@ impl Service {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The state of `room` and the `seq` it reflects.
+    pub async fn snapshot(&self, room: &str) -> Result<Snapshot> {
+        self.store.snapshot(room).await
+    }
+
+    /// Up to `limit` durable events of `room` after `after`
+    /// ([`Error::HistoryTrimmed`] when the log no longer reaches back).
+    pub async fn read(&self, room: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        self.store.read(room, after, limit).await
+    }
+
+    /// The last `seq` of `room` (0 when it has none).
+    pub async fn head(&self, room: &str) -> Result<u64> {
+        self.store.head(room).await
+    }
+
+    /// Who is in `room` now.
+    pub async fn members(&self, room: &str) -> Result<Vec<Member>> {
+        self.presence.members(room).await
+    }
+
+    /// Connection `conn` (client `client_id`) leaves `room`'s presence.
+    pub async fn presence_leave(&self, room: &str, conn: &str, client_id: &str) -> Result<()> {
+        self.presence.leave(room, conn, client_id).await
+    }
+
+    /// Connection `conn` is alive (presence TTLs).
+    pub async fn presence_touch(&self, conn: &str) -> Result<()> {
+        self.presence.touch(conn).await
+    }
+
+    /// Removes events older than `cutoff_ms` (retention by age); answers how many.
+    pub async fn trim_expired(&self, cutoff_ms: i64) -> Result<u64> {
+        self.store.trim_expired(cutoff_ms).await
+    }
+
+    /// The store, for the parts below the service that read it directly (the hub's gap
+    /// filling).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Announces members whose grace or TTL ran out.

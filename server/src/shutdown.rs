@@ -66,7 +66,7 @@ impl Shutdown {
         Envelope::<tidewire_protocol::RawAppEvent>::ephemeral(
             "",
             ulid::Ulid::generate().to_string(),
-            crate::store::now().0,
+            crate::clock::now().0,
             Event::Reconnect(ReconnectData {
                 retry_ms: self.retry_ms(),
                 reason: "shutting_down".into(),

@@ -1,8 +1,8 @@
 //! Support for unit tests that need the machine's PostgreSQL or Redis: make sure the service
 //! answers, starting it when it does not, and never pass silently when it cannot be had.
 //! Compiled only for this crate's unit tests (`#[cfg(test)]`); it is not part of the
-//! library's API. The service-specific helpers build on it: `store::postgres::testing`,
-//! `presence::redis::testing`.
+//! library's API. The service-specific helpers build on it: `store::postgres::testing` and
+//! [`redis`] here.
 //!
 //! ```text
 //! // In a unit test of this crate:
@@ -45,4 +45,58 @@ where
         return false;
     }
     panic!("{name} not reachable at {url} and could not be started; set TIDEWIRE_SKIP_SERVICES=1 to skip");
+}
+
+/// The local Redis, for the unit tests of the Redis bus, presence and ticket ledger.
+pub(crate) mod redis {
+    /// The Redis the tests use: `TIDEWIRE_TEST_REDIS` or the local default.
+    pub fn url() -> String {
+        std::env::var("TIDEWIRE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+    }
+
+    async fn reachable(url: &str) -> bool {
+        let Ok(client) = ::redis::Client::open(url) else {
+            return false;
+        };
+        let ping = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            ::redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(3), ping).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Makes sure Redis answers: starts the local one when it does not, and panics loudly
+    /// when it still does not, unless `TIDEWIRE_SKIP_SERVICES=1`, in which case it prints
+    /// `SKIPPED: …` and answers `false`.
+    pub async fn ensure() -> bool {
+        let url = url();
+        super::ensure_service(
+            "Redis",
+            &url,
+            "mkdir -p /var/lib/redis /var/log/redis; redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+            || reachable(&url),
+        )
+        .await
+    }
+
+    /// Deletes every key that starts with `prefix`.
+    pub async fn clean(prefix: &str) {
+        let client = ::redis::Client::open(url()).expect("url");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: ::redis::RedisResult<i64> =
+                ::redis::cmd("DEL").arg(keys).query_async(&mut c).await;
+        }
+    }
 }

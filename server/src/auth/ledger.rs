@@ -19,11 +19,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+#[cfg(feature = "redis")]
 use redis::aio::ConnectionManager;
 
 use super::now_secs;
-use crate::bus::redis::connect_manager;
-use crate::{Error, Result};
+#[cfg(feature = "redis")]
+use crate::redis_conn::connect_manager;
+#[cfg(feature = "redis")]
+use crate::Error;
+use crate::Result;
 
 /// Remembers which ticket ids have been redeemed.
 ///
@@ -57,11 +61,13 @@ impl TicketLedger for MemoryLedger {
 
 /// The ledger in Redis: `SET <prefix>ticket:<id> 1 NX EXAT <until>`, atomic across nodes, and
 /// the key expires with the ticket.
+#[cfg(feature = "redis")]
 pub struct RedisLedger {
     conn: ConnectionManager,
     prefix: String,
 }
 
+#[cfg(feature = "redis")]
 impl std::fmt::Debug for RedisLedger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLedger")
@@ -70,6 +76,7 @@ impl std::fmt::Debug for RedisLedger {
     }
 }
 
+#[cfg(feature = "redis")]
 impl RedisLedger {
     /// Connects to `url`; keys start with `prefix` (the server's `--redis-prefix`).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisLedger> {
@@ -81,6 +88,7 @@ impl RedisLedger {
     }
 }
 
+#[cfg(feature = "redis")]
 #[async_trait]
 impl TicketLedger for RedisLedger {
     async fn first_use(&self, id: &str, until: u64) -> Result<bool> {
@@ -98,10 +106,10 @@ impl TicketLedger for RedisLedger {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "redis"))]
 mod tests {
     use super::*;
-    use crate::presence::redis::testing;
+    use crate::testing::redis as testing;
 
     #[tokio::test]
     async fn memory_ledger_answers_true_once() {

@@ -13,14 +13,15 @@
 //! ```
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use futures::stream::BoxStream;
 
+use crate::payload::Payload;
 use crate::Result;
 
 /// What a bus message is, which decides who receives it.
@@ -46,12 +47,12 @@ pub struct BusMessage {
     /// The connection that sent it (not echoed back to it).
     pub origin: Option<Arc<str>>,
     /// The envelope JSON.
-    pub payload: Utf8Bytes,
+    pub payload: Payload,
 }
 
 impl BusMessage {
     /// A durable event.
-    pub fn durable(room: &str, seq: u64, payload: Utf8Bytes) -> Self {
+    pub fn durable(room: &str, seq: u64, payload: Payload) -> Self {
         BusMessage {
             room: room.into(),
             seq: Some(seq),
@@ -62,7 +63,7 @@ impl BusMessage {
     }
 
     /// A broadcast from `origin`.
-    pub fn broadcast(room: &str, origin: Option<&str>, payload: Utf8Bytes) -> Self {
+    pub fn broadcast(room: &str, origin: Option<&str>, payload: Payload) -> Self {
         BusMessage {
             room: room.into(),
             seq: None,
@@ -73,7 +74,7 @@ impl BusMessage {
     }
 
     /// A presence event.
-    pub fn presence(room: &str, payload: Utf8Bytes) -> Self {
+    pub fn presence(room: &str, payload: Payload) -> Self {
         BusMessage {
             room: room.into(),
             seq: None,

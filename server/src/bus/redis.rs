@@ -30,33 +30,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{Bus, BusMessage, Kind};
-use crate::{Error, Result};
-
-/// A redis error as the crate's error.
-pub(crate) fn redis_error(e: redis::RedisError) -> Error {
-    Error::Internal(format!("redis: {e}"))
-}
-
-/// A client and its auto-reconnecting connection manager, tuned to fail fast while Redis is
-/// away (a write must not wait on a lossy bus) and to come back quickly.
-pub(crate) async fn connect_manager(url: &str) -> Result<(redis::Client, ConnectionManager)> {
-    let client = redis::Client::open(url)
-        .map_err(|e| Error::Config(format!("bad Redis URL `{url}`: {e}")))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    let manager = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.get_connection_manager_with_config(config),
-    )
-    .await
-    .map_err(|_| Error::Config(format!("Redis at `{url}` did not answer")))?
-    .map_err(redis_error)?;
-    Ok((client, manager))
-}
+use crate::redis_conn::connect_manager;
+use crate::Result;
 
 /// The wire form of a [`BusMessage`] on the Redis channel.
 #[derive(Serialize, Deserialize)]
@@ -80,7 +55,7 @@ fn encode(msg: &BusMessage) -> String {
             Kind::Presence => 'p',
         },
         o: msg.origin.as_deref().map(str::to_owned),
-        p: msg.payload.to_string(),
+        p: msg.payload.to_text(),
     };
     serde_json::to_string(&wire).unwrap_or_default()
 }
@@ -210,11 +185,11 @@ mod tests {
 
     #[tokio::test]
     async fn two_nodes_see_each_others_messages_and_drops_are_counted() {
-        if !crate::presence::redis::testing::ensure().await {
+        if !crate::testing::redis::ensure().await {
             return;
         }
         let prefix = format!("tw-test-{}:", ulid::Ulid::generate());
-        let url = crate::presence::redis::testing::url();
+        let url = crate::testing::redis::url();
         let a = RedisBus::connect(&url, &prefix, 2).await.unwrap();
         let b = RedisBus::connect(&url, &prefix, 0).await.unwrap();
         let mut rx = b.subscribe();

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 
 use async_trait::async_trait;

@@ -30,7 +30,7 @@ use redis::AsyncCommands;
 use tidewire_protocol::Member;
 
 use super::Presence;
-use crate::bus::redis::{connect_manager, redis_error};
+use crate::redis_conn::{connect_manager, redis_error};
 use crate::{Error, Result};
 
 const JOIN: &str = r"
@@ -88,7 +88,7 @@ pub struct RedisPresence {
 }
 
 fn now_ms() -> i64 {
-    crate::store::now().1
+    crate::clock::now().1
 }
 
 impl RedisPresence {
@@ -297,60 +297,6 @@ impl Presence for RedisPresence {
     }
 }
 
-/// Test helpers: the local Redis (for this crate's unit tests).
-#[cfg(test)]
-pub(crate) mod testing {
-    /// The Redis the tests use: `TIDEWIRE_TEST_REDIS` or the local default.
-    pub fn url() -> String {
-        std::env::var("TIDEWIRE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-    }
-
-    async fn reachable(url: &str) -> bool {
-        let Ok(client) = redis::Client::open(url) else {
-            return false;
-        };
-        let ping = async {
-            let mut c = client.get_multiplexed_async_connection().await?;
-            redis::cmd("PING").query_async::<String>(&mut c).await
-        };
-        matches!(
-            tokio::time::timeout(std::time::Duration::from_secs(3), ping).await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// Makes sure Redis answers: starts the local one when it does not, and panics loudly
-    /// when it still does not, unless `TIDEWIRE_SKIP_SERVICES=1`, in which case it prints
-    /// `SKIPPED: …` and answers `false`.
-    pub async fn ensure() -> bool {
-        let url = url();
-        crate::testing::ensure_service(
-            "Redis",
-            &url,
-            "mkdir -p /var/lib/redis /var/log/redis; redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
-            || reachable(&url),
-        )
-        .await
-    }
-
-    /// Deletes every key that starts with `prefix`.
-    pub async fn clean(prefix: &str) {
-        let client = redis::Client::open(url()).expect("url");
-        let mut c = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut c)
-            .await
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(keys).query_async(&mut c).await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,11 +314,11 @@ mod tests {
         grace_ms: u64,
         ttl_ms: u64,
     ) -> Option<(String, RedisPresence, RedisPresence)> {
-        if !testing::ensure().await {
+        if !crate::testing::redis::ensure().await {
             return None;
         }
         let prefix = format!("tw-test-{}:", ulid::Ulid::generate());
-        let url = testing::url();
+        let url = crate::testing::redis::url();
         let open = || {
             RedisPresence::connect(
                 &url,
@@ -416,7 +362,7 @@ mod tests {
         let (ga, gb) = (a.reap().await.unwrap(), b.reap().await.unwrap());
         assert_eq!(ga.len() + gb.len(), 1);
         assert_eq!(a.members("r").await.unwrap().len(), 1);
-        testing::clean(&prefix).await;
+        crate::testing::redis::clean(&prefix).await;
     }
 
     #[tokio::test]
@@ -442,6 +388,6 @@ mod tests {
             .map(|m| m.client_id)
             .collect();
         assert_eq!(ids, ["bob"]);
-        testing::clean(&prefix).await;
+        crate::testing::redis::clean(&prefix).await;
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod ops;
 pub mod rest;
+pub mod tickets;
 
 use std::time::Duration;
 
@@ -19,12 +20,13 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
+use crate::state::AppState;
 use crate::transport::{poll, sse, ws};
-use crate::{AppState, Error};
+use crate::{Config, Error};
 
-/// Builds the router for `state`.
-pub fn router(state: AppState) -> Router {
-    let config = &state.config;
+/// Builds the router for `state`; `config` says where the static files are, the body
+/// limit and the CORS origins.
+pub fn router(state: AppState, config: &Config) -> Router {
     let api = Router::new()
         .route("/v1/rooms/{room}/snapshot", get(rest::snapshot))
         .route(
@@ -39,7 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sse", get(sse::handler))
         .route("/v1/ws", get(ws::handler))
         .route("/v1/poll", get(poll::handler))
-        .route("/v1/tickets", axum::routing::post(crate::auth::tickets))
+        .route("/v1/tickets", axum::routing::post(tickets::tickets))
         .route("/v1", axum::routing::any(not_found))
         .route("/v1/{*rest}", axum::routing::any(not_found))
         .route("/metrics", get(ops::metrics))

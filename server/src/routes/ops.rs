@@ -8,10 +8,10 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
-use crate::AppState;
+use crate::state::Ops;
 
 /// Prometheus text.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn metrics(State(state): State<Ops>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -19,7 +19,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Liveness and readiness.
-pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn healthz(State(state): State<Ops>) -> impl IntoResponse {
     if state.shutdown.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else {

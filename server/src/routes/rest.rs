@@ -20,9 +20,14 @@ use tidewire_protocol::{
     Event, PresenceList, RawAppEvent, Snapshot,
 };
 
+use std::sync::Arc;
+
 use crate::identity::{authorize, Access, ClientIdentity};
+use crate::policy::Policy;
+use crate::service::Service;
+use crate::state::BodyLimit;
 use crate::store::{WriteOp, WriteRequest, Written};
-use crate::{AppState, Error, Result};
+use crate::{Error, Result};
 
 type Rejectable<T, R> = std::result::Result<T, R>;
 
@@ -39,12 +44,15 @@ fn item_path(path: Rejectable<Path<(String, String)>, PathRejection>) -> Result<
     Ok((room, id))
 }
 
-fn body_bytes(body: Rejectable<Bytes, BytesRejection>, state: &AppState) -> Result<Bytes> {
+fn body_bytes(
+    body: Rejectable<Bytes, BytesRejection>,
+    BodyLimit(limit): BodyLimit,
+) -> Result<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge {
-                size: state.config.max_body_bytes + 1,
-                limit: state.config.max_body_bytes,
+                size: limit + 1,
+                limit,
             }
         } else {
             Error::BadRequest(e.body_text())
@@ -103,80 +111,74 @@ fn write_response(written: Written) -> Response {
 }
 
 async fn write(
-    state: &AppState,
+    policy: &Policy,
     who: &ClientIdentity,
     room: String,
     op: WriteOp,
     headers: &HeaderMap,
 ) -> Result<Response> {
-    authorize(who, &room, Access::Write)?;
     let req = WriteRequest {
         room,
         op,
         key: idempotency_key(headers)?,
         if_match: if_match(headers)?,
     };
-    state.limits.check_write(&who.key)?;
-    Ok(write_response(state.service.write(req).await?))
+    Ok(write_response(policy.write(who, req).await?))
 }
 
 /// `GET /v1/rooms/{room}/snapshot`
 pub async fn snapshot(
-    State(state): State<AppState>,
+    State(service): State<Arc<Service>>,
     who: ClientIdentity,
     path: Rejectable<Path<String>, PathRejection>,
 ) -> Result<Json<Snapshot>> {
     let room = room_path(path)?;
     authorize(&who, &room, Access::Read)?;
-    Ok(Json(state.service.store.snapshot(&room).await?))
+    Ok(Json(service.snapshot(&room).await?))
 }
 
 /// `PUT /v1/rooms/{room}/items/{id}`
 pub async fn put_item(
-    State(state): State<AppState>,
+    State(policy): State<Policy>,
+    State(limit): State<BodyLimit>,
     who: ClientIdentity,
     path: Rejectable<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Rejectable<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let (room, id) = item_path(path)?;
-    let body = body_bytes(body, &state)?;
-    if body.len() > state.config.max_item_bytes {
-        return Err(Error::PayloadTooLarge {
-            size: body.len(),
-            limit: state.config.max_item_bytes,
-        });
-    }
+    let body = body_bytes(body, limit)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| tidewire_protocol::ProtocolError::BadJson(e.to_string()))?;
-    write(&state, &who, room, WriteOp::Put { id, value }, &headers).await
+    write(&policy, &who, room, WriteOp::Put { id, value }, &headers).await
 }
 
 /// `DELETE /v1/rooms/{room}/items/{id}`
 pub async fn delete_item(
-    State(state): State<AppState>,
+    State(policy): State<Policy>,
     who: ClientIdentity,
     path: Rejectable<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let (room, id) = item_path(path)?;
-    write(&state, &who, room, WriteOp::Delete { id }, &headers).await
+    write(&policy, &who, room, WriteOp::Delete { id }, &headers).await
 }
 
 /// `POST /v1/rooms/{room}/events`
 pub async fn post_event(
-    State(state): State<AppState>,
+    State(policy): State<Policy>,
+    State(limit): State<BodyLimit>,
     who: ClientIdentity,
     path: Rejectable<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Rejectable<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let room = room_path(path)?;
-    let body = body_bytes(body, &state)?;
+    let body = body_bytes(body, limit)?;
     let event: RawAppEvent = serde_json::from_slice(&body)
         .map_err(|e| tidewire_protocol::ProtocolError::BadJson(e.to_string()))?;
     validate_event_type(&event.event_type)?;
-    write(&state, &who, room, WriteOp::Publish(event), &headers).await
+    write(&policy, &who, room, WriteOp::Publish(event), &headers).await
 }
 
 /// Query of the history endpoint.
@@ -188,7 +190,7 @@ pub struct HistoryQuery {
 
 /// `GET /v1/rooms/{room}/events?after=SEQ&limit=N`
 pub async fn history(
-    State(state): State<AppState>,
+    State(service): State<Arc<Service>>,
     who: ClientIdentity,
     path: Rejectable<Path<String>, PathRejection>,
     query: Rejectable<Query<HistoryQuery>, QueryRejection>,
@@ -209,11 +211,7 @@ pub async fn history(
         return Err(Error::BadRequest("`limit` must be 1 to 1000".into()));
     }
     authorize(&who, &room, Access::Read)?;
-    let events = state
-        .service
-        .store
-        .read(&room, after, limit as usize)
-        .await?;
+    let events = service.read(&room, after, limit as usize).await?;
     let envelopes = events
         .iter()
         .map(|e| e.envelope())
@@ -223,12 +221,12 @@ pub async fn history(
 
 /// `GET /v1/rooms/{room}/presence`
 pub async fn presence(
-    State(state): State<AppState>,
+    State(service): State<Arc<Service>>,
     who: ClientIdentity,
     path: Rejectable<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceList>> {
     let room = room_path(path)?;
     authorize(&who, &room, Access::Read)?;
-    let members = state.service.presence.members(&room).await?;
+    let members = service.members(&room).await?;
     Ok(Json(PresenceList { room, members }))
 }

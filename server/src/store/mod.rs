@@ -21,9 +21,11 @@
 //! ```
 
 mod plan;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod test_suite;
 
 use async_trait::async_trait;
@@ -263,14 +265,4 @@ fn to_u64(v: i64) -> u64 {
 /// A `seq`, version or count as an integer column (SQL integers are signed 64-bit).
 fn to_i64(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
-}
-
-/// Now as RFC 3339 UTC with milliseconds, and as Unix milliseconds.
-pub fn now() -> (String, i64) {
-    let t = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    let text = t.format(&fmt).unwrap_or_default();
-    (text, (t.unix_timestamp_nanos() / 1_000_000) as i64)
 }

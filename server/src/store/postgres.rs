@@ -22,9 +22,8 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row, Transaction};
 use tidewire_protocol::{Envelope, ItemState, Snapshot};
 
 use super::plan::{self, ItemChange, StoredItem};
-use super::{
-    now, to_i64, to_u64, Retention, StoreError, StoredEvent, WriteOp, WriteRequest, Written,
-};
+use super::{to_i64, to_u64, Retention, StoreError, StoredEvent, WriteOp, WriteRequest, Written};
+use crate::clock::now;
 use crate::{Error, Result, Store};
 
 /// An arbitrary constant: the advisory lock held while migrating.

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tidewire_protocol::{Event, RawAppEvent};
 
-use super::{now, Retention, Store, WriteOp, WriteRequest};
+use super::{Retention, Store, WriteOp, WriteRequest};
+use crate::clock::now;
 use crate::Error;
 
 /// The retention the suite expects: 5 events per room, a day, a day for keys.

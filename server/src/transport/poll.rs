@@ -8,6 +8,7 @@
 //! 200 {"events":[{"v":1,"type":"item.put","room":"a","seq":5,…}],"cursor":"a=5"}
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -15,10 +16,10 @@ use axum::Json;
 use serde::Deserialize;
 use tidewire_protocol::{Cursor, Envelope, PollResponse};
 
-use super::queue::Outbound;
-use super::{parse_rooms, Session};
 use crate::identity::ClientIdentity;
-use crate::{AppState, Error, Result};
+use crate::outbound::{Outbound, TransportKind};
+use crate::session::{parse_rooms, Sessions};
+use crate::{Error, Result};
 
 /// Most events in one answer.
 const MAX_EVENTS: usize = 1000;
@@ -33,12 +34,15 @@ pub struct PollQuery {
 
 /// The long-poll handler.
 pub async fn handler(
-    State(state): State<AppState>,
+    State(state): State<Arc<Sessions>>,
     identity: ClientIdentity,
     query: std::result::Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PollResponse>> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let rooms = parse_rooms(q.rooms.as_deref(), state.config.max_rooms_per_connection)?;
+    let rooms = parse_rooms(
+        q.rooms.as_deref(),
+        state.settings().max_rooms_per_connection,
+    )?;
     let since: Cursor = q.since.as_deref().unwrap_or("").parse()?;
     let wait = match q.wait.as_deref() {
         None => 25,
@@ -47,18 +51,14 @@ pub async fn handler(
             _ => return Err(Error::BadRequest("`wait` must be 0 to 60 seconds".into())),
         },
     };
-    let mut session = Session::open(state.clone(), identity, "poll", None)?;
+    let mut session = state.open(identity, TransportKind::Poll, None)?;
     let mut payloads = Vec::new();
-    for item in session.follow(&rooms, &since, false).await? {
-        payloads.extend(session.admit(item).await?);
-    }
+    let mut catch_up = session.catch_up(&rooms, &since, false).await?;
     while payloads.len() < MAX_EVENTS {
-        let Some(page) = session.replay_next().await? else {
+        let Some(page) = catch_up.next(&mut session).await? else {
             break;
         };
-        for item in page {
-            payloads.extend(session.admit(item).await?);
-        }
+        payloads.extend(page);
     }
     if payloads.is_empty() && wait > 0 {
         // Never wait past the token's expiry: a later answer would carry events it may not see.
@@ -68,7 +68,7 @@ pub async fn handler(
         }
         let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
-        let draining = state.shutdown.draining();
+        let draining = state.shutdown().draining();
         tokio::pin!(draining);
         while payloads.is_empty() {
             tokio::select! {
@@ -96,7 +96,7 @@ pub async fn handler(
         .iter()
         .map(|r| Envelope::decode(r.payload.as_str()).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
-    crate::metrics::sent("poll", events.len() as u64, 0);
+    crate::metrics::sent(TransportKind::Poll.as_str(), events.len() as u64, 0);
     Ok(Json(PollResponse {
         events,
         cursor: session.cursor.to_string(),

@@ -30,6 +30,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -41,9 +42,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidewire_protocol::{Cursor, ErrorCode};
 
-use super::{parse_rooms, Ready, Session};
 use crate::identity::ClientIdentity;
-use crate::{metrics, AppState, Error, Result};
+use crate::outbound::TransportKind;
+use crate::session::{parse_rooms, CatchUp, Ready, Session, Sessions};
+use crate::{metrics, Error, Result};
 
 /// Most bytes written as one chunk.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -112,13 +114,14 @@ fn push_ready(buf: &mut Vec<u8>, ready: &Ready) {
 
 /// The SSE handler.
 pub async fn handler(
-    State(state): State<AppState>,
+    State(state): State<Arc<Sessions>>,
     identity: ClientIdentity,
     headers: HeaderMap,
     query: std::result::Result<Query<SseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let rooms = parse_rooms(q.rooms.as_deref(), state.config.max_rooms_per_connection)?;
+    let settings = state.settings();
+    let rooms = parse_rooms(q.rooms.as_deref(), settings.max_rooms_per_connection)?;
     let beat = Heartbeat::parse(q.heartbeat.as_deref())?;
     let since = match headers
         .get("last-event-id")
@@ -129,38 +132,35 @@ pub async fn handler(
         None => Cursor::new(),
     };
     let presence = flag(q.presence.as_deref());
-    let mut session = Session::open(state.clone(), identity, "sse", q.client_id)?;
-    let first = session.follow(&rooms, &since, presence).await?;
+    let mut session = state.open(identity, TransportKind::Sse, q.client_id)?;
+    let catch_up = session.catch_up(&rooms, &since, presence).await?;
 
-    let retry_ms = state.config.sse_retry_ms;
+    let retry_ms = settings.sse_retry_ms;
+    let heartbeat = settings.heartbeat;
     let mut head = format!("retry: {retry_ms}\n").into_bytes();
     if beat == Heartbeat::Event {
-        head.extend_from_slice(&heartbeat_bytes(beat, state.config.heartbeat(), retry_ms));
+        head.extend_from_slice(&heartbeat_bytes(beat, heartbeat, retry_ms));
     }
     head.extend_from_slice(format!("id: {}\n\n", session.cursor).as_bytes());
-    for item in first {
-        for ready in session.admit(item).await? {
-            push_ready(&mut head, &ready);
-        }
-    }
 
-    let heartbeat = state.config.heartbeat();
     let stream = Stream {
         hb: heartbeat_bytes(beat, heartbeat, retry_ms),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat),
         expiry: Box::pin(expiry(session.expires_at())),
-        draining: Box::pin(state.shutdown.draining()),
+        draining: Box::pin(state.shutdown().draining()),
         session,
-        rooms,
-        presence,
         ready: Vec::new(),
         wrote: false,
         polls: 0,
-        phase: Phase::Head(head),
+        phase: Phase::Head(head, catch_up),
     };
     let body = futures::stream::unfold(stream, |mut stream| async move {
         let chunk = stream.next_chunk().await?;
-        metrics::sent("sse", chunk.events, chunk.bytes.len() as u64);
+        metrics::sent(
+            TransportKind::Sse.as_str(),
+            chunk.events,
+            chunk.bytes.len() as u64,
+        );
         Some((Ok::<_, Infallible>(Bytes::from(chunk.bytes)), stream))
     });
     let mut res = Body::from_stream(body).into_response();
@@ -187,12 +187,10 @@ async fn expiry(at: Option<tokio::time::Instant>) {
 
 /// Where a stream is.
 enum Phase {
-    /// The prologue (`retry:`, the starting `id:`, what `follow` returned) is next.
-    Head(Vec<u8>),
-    /// Replaying the log from the client's cursor.
-    Replay,
-    /// The presence states are next (with `presence=1`).
-    Presence,
+    /// The prologue (`retry:`, the starting `id:`) is next, then the catch-up.
+    Head(Vec<u8>, CatchUp),
+    /// Catching up: resyncs, the replay from the log, presence states.
+    CatchUp(CatchUp),
     /// Live delivery from the connection's queue.
     Live,
     /// Ended: the last chunk (if any) was handed out.
@@ -223,8 +221,6 @@ impl Chunk {
 /// (the client went away) drops the session and its registrations.
 struct Stream {
     session: Session,
-    rooms: Vec<String>,
-    presence: bool,
     hb: Vec<u8>,
     heartbeat: tokio::time::Interval,
     expiry: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -266,48 +262,33 @@ impl Stream {
         loop {
             // The prologue goes out even to a connection that is already slow: its `id:` is
             // where the client resumes from.
-            if !matches!(self.phase, Phase::Done | Phase::Head(_)) && self.session.inbox.is_slow() {
+            if !matches!(self.phase, Phase::Done | Phase::Head(..)) && self.session.inbox.is_slow()
+            {
                 return Ok(self.slow_ending());
             }
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Done => return Ok(None),
-                Phase::Head(bytes) => {
-                    self.phase = Phase::Replay;
+                Phase::Head(bytes, catch_up) => {
+                    self.phase = Phase::CatchUp(catch_up);
                     return Ok(Some(Chunk { bytes, events: 0 }));
                 }
-                Phase::Replay => {
+                Phase::CatchUp(mut catch_up) => {
                     // Live events queue meanwhile and are deduplicated after.
-                    let Some(page) = self.session.replay_next().await? else {
-                        self.phase = if self.presence {
-                            Phase::Presence
-                        } else {
-                            Phase::Live
-                        };
+                    let Some(page) = catch_up.next(&mut self.session).await? else {
+                        self.phase = Phase::Live;
                         continue;
                     };
-                    self.phase = Phase::Replay;
+                    self.phase = Phase::CatchUp(catch_up);
                     let mut chunk = Chunk {
                         bytes: Vec::new(),
                         events: 0,
                     };
-                    for item in page {
-                        for ready in self.session.admit(item).await? {
-                            push_ready(&mut chunk.bytes, &ready);
-                            chunk.events += 1;
-                        }
+                    for ready in &page {
+                        push_ready(&mut chunk.bytes, ready);
+                        chunk.events += u64::from(ready.id.is_some());
                     }
-                    return Ok(Some(chunk));
-                }
-                Phase::Presence => {
-                    self.phase = Phase::Live;
-                    let mut bytes = Vec::new();
-                    for item in self.session.presence_states(&self.rooms).await? {
-                        for ready in self.session.admit(item).await? {
-                            push_ready(&mut bytes, &ready);
-                        }
-                    }
-                    if !bytes.is_empty() {
-                        return Ok(Some(Chunk { bytes, events: 0 }));
+                    if !chunk.bytes.is_empty() {
+                        return Ok(Some(chunk));
                     }
                 }
                 Phase::Live => {
@@ -395,7 +376,7 @@ impl Stream {
     /// The `reconnect` ending (the server is shutting down).
     fn reconnect(&mut self) -> Chunk {
         self.phase = Phase::Done;
-        Chunk::control(self.session.state.shutdown.reconnect_envelope().into())
+        Chunk::control(self.session.sessions.shutdown().reconnect_envelope().into())
     }
 }
 

@@ -24,15 +24,14 @@ use axum::response::Response;
 use futures::task::AtomicWaker;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
-use serde_json::Value;
-use tidewire_protocol::{ClientFrame, Cursor, ErrorCode, ProtocolError, RawAppEvent, ServerFrame};
+use tidewire_protocol::{ClientFrame, ErrorCode, ServerFrame};
 use tokio::time::Sleep;
 
-use super::queue::Outbound;
-use super::{Ready, Session};
-use crate::identity::{authorize, Access, ClientIdentity};
-use crate::store::{WriteOp, WriteRequest};
-use crate::{metrics, AppState, Error, Result};
+use crate::identity::ClientIdentity;
+use crate::outbound::{Outbound, TransportKind};
+use crate::session::commands::{self, Reply};
+use crate::session::{Ready, Session, Sessions};
+use crate::{metrics, Error, Result};
 
 /// Query parameters of `/v1/ws`.
 #[derive(Debug, Default, Deserialize)]
@@ -52,7 +51,7 @@ const AUTH_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// The WebSocket handler. With auth on, credentials come with the upgrade (`?ticket=`,
 /// Bearer, cookie) or, when there are none, as the first frame `{"type":"auth","token":…}`.
 pub async fn handler(
-    State(state): State<AppState>,
+    State(state): State<Arc<Sessions>>,
     identity: std::result::Result<ClientIdentity, Error>,
     headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
@@ -66,7 +65,7 @@ pub async fn handler(
             e.body_text()
         ))
     })?;
-    let max = state.config.max_body_bytes;
+    let max = state.settings().max_frame_bytes;
     let ws = ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(4096)
@@ -76,7 +75,7 @@ pub async fn handler(
         Ok(identity) => identity,
         Err(Error::Unauthorized(_)) if !crate::identity::has_credentials(&headers, uri.query()) => {
             // No credentials on the upgrade: the first frame must be `auth`.
-            if state.shutdown.is_draining() {
+            if state.shutdown().is_draining() {
                 return Err(Error::ShuttingDown);
             }
             return Ok(ws.on_upgrade(move |socket| {
@@ -91,7 +90,7 @@ pub async fn handler(
         Err(err) => return Err(err),
     };
     // Boxed, and the socket with it once upgraded: the connection's task then holds pointers.
-    let session = Box::new(Session::open(state.clone(), identity, "ws", q.client_id)?);
+    let session = Box::new(state.open(identity, TransportKind::Ws, q.client_id)?);
     Ok(ws.on_upgrade(move |socket| run(Conn::boxed(socket, session))))
 }
 
@@ -108,10 +107,10 @@ async fn close_socket(socket: &mut WebSocket, err: &Error) {
 /// 4006 `too_many_connections` …) otherwise.
 async fn first_frame_auth(
     mut socket: WebSocket,
-    state: AppState,
+    state: Arc<Sessions>,
     client_id: Option<String>,
 ) -> Option<Box<Conn>> {
-    let auth = state.auth.clone()?;
+    state.auth()?;
     let text = match tokio::time::timeout(AUTH_FRAME_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => text,
         Ok(Some(Ok(_))) | Err(_) => {
@@ -129,10 +128,7 @@ async fn first_frame_auth(
             return None;
         }
     };
-    let opened = auth
-        .verify(&token)
-        .map(ClientIdentity::authenticated)
-        .and_then(|identity| Session::open(state.clone(), identity, "ws", client_id));
+    let opened = state.open_with_token(&token, TransportKind::Ws, client_id);
     match opened {
         Ok(session) => {
             let ack: ServerFrame = ServerFrame::Ack {
@@ -209,7 +205,7 @@ impl Conn {
     /// Writes everything fed; false when the client is gone, does not read within the idle
     /// timeout, or fell behind (its queue overflowed) meanwhile.
     async fn flush(&mut self) -> bool {
-        metrics::sent("ws", self.fed, self.bytes);
+        metrics::sent(TransportKind::Ws.as_str(), self.fed, self.bytes);
         self.fed = 0;
         self.bytes = 0;
         // Usually the socket takes everything at once: no timer and no wait then.
@@ -221,32 +217,21 @@ impl Conn {
     }
 
     async fn flush_within_idle_timeout(&mut self) -> bool {
-        let patience = self.session.state.config.idle_timeout();
+        let patience = self.session.sessions.settings().idle_timeout;
         tokio::select! {
             r = tokio::time::timeout(patience, self.socket.flush()) => matches!(r, Ok(Ok(()))),
             _ = self.session.inbox.wait_slow() => false,
         }
     }
 
-    /// Admits `item` and feeds what it lets through.
-    async fn feed_item(&mut self, item: Outbound) -> Result<bool> {
-        let mut ready = std::mem::take(&mut self.ready);
-        self.session.admit_into(item, &mut ready).await?;
-        let mut ok = true;
-        for r in ready.drain(..) {
-            ok = ok && self.feed(r.payload).await;
-        }
-        self.ready = ready;
-        Ok(ok)
-    }
-
-    async fn feed_items(&mut self, items: Vec<Outbound>) -> Result<bool> {
-        for item in items {
-            if !self.feed_item(item).await? {
-                return Ok(false);
+    /// Feeds what the session made ready.
+    async fn feed_ready(&mut self, page: Vec<Ready>) -> bool {
+        for r in page {
+            if !self.feed(r.payload).await {
+                return false;
             }
         }
-        Ok(true)
+        true
     }
 
     /// Feeds `first` and whatever else is queued now (up to [`BATCH`]), then flushes once.
@@ -293,7 +278,7 @@ impl Conn {
     /// behind what the client has not read yet, so it gets up to the idle timeout to arrive.
     async fn end(&mut self) {
         if self.session.inbox.is_slow() {
-            let patience = self.session.state.config.idle_timeout();
+            let patience = self.session.sessions.settings().idle_timeout;
             self.close_within(ErrorCode::SlowConsumer, "slow_consumer", patience)
                 .await;
         }
@@ -350,19 +335,19 @@ impl Clock {
 }
 
 async fn run(mut conn: Box<Conn>) {
-    let state = conn.session.state.clone();
+    let state = conn.session.sessions.clone();
     let slow = conn.session.inbox.slow_signal();
     let gate = Arc::new(Gate {
         woken: AtomicBool::new(true),
         task: AtomicWaker::new(),
     });
     let gate_waker = Waker::from(gate.clone());
-    let draining = state.shutdown.draining();
+    let draining = state.shutdown().draining();
     tokio::pin!(draining);
-    let heartbeat = state.config.heartbeat();
+    let heartbeat = state.settings().heartbeat;
     let mut clock = Clock {
         heartbeat,
-        idle: state.config.idle_timeout(),
+        idle: state.settings().idle_timeout,
         last_seen: Instant::now(),
         next_ping: tokio::time::Instant::now() + heartbeat,
         expires: conn.session.expires_at(),
@@ -466,8 +451,8 @@ impl Conn {
     }
 
     /// The server is shutting down: the client is told when to reconnect.
-    async fn on_draining(&mut self, state: &AppState) {
-        let env = state.shutdown.reconnect_envelope();
+    async fn on_draining(&mut self, state: &Sessions) {
+        let env = state.shutdown().reconnect_envelope();
         let _ = self.feed(env.into()).await;
         let _ = self.flush().await;
         self.close(ErrorCode::ShuttingDown, "shutting_down").await;
@@ -478,7 +463,7 @@ impl Conn {
     async fn on_frame(&mut self, msg: Option<std::result::Result<Message, axum::Error>>) -> bool {
         match msg {
             Some(Ok(Message::Text(text))) => {
-                match handle_frame(self, text.as_str()).await {
+                match self.on_text(text.as_str()).await {
                     Ok(true) => {}
                     Ok(false) => return false,
                     Err(err) => {
@@ -527,220 +512,23 @@ impl Conn {
             }
         }
     }
-}
 
-fn reference_of(text: &str) -> Option<String> {
-    serde_json::from_str::<Value>(text)
-        .ok()?
-        .get("ref")?
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// Handles one client frame; `Ok(false)` when the socket is gone.
-async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
-    conn.session.touch().await;
-    let state = conn.session.state.clone();
-    let frame = match ClientFrame::decode_limited(
-        text,
-        state.config.max_body_bytes,
-        state.config.max_rooms_per_connection,
-    ) {
-        Ok(f) => f,
-        Err(err) => {
-            let frame = ServerFrame::Error {
-                r#ref: reference_of(text),
-                code: err.code(),
-                message: err.to_string(),
-            };
-            return Ok(conn.feed_frame(frame).await);
-        }
-    };
-    let r#ref = frame.reference().map(str::to_owned);
-    let ack = |result: std::result::Result<Option<tidewire_protocol::Envelope>, Error>| {
-        ServerFrame::Ack {
-            r#ref: r#ref.clone(),
-            result: result.map_err(|e| e.ack_error()),
-            cursor: None,
-        }
-    };
-    match frame {
-        ClientFrame::Subscribe {
-            rooms,
-            since,
-            presence,
-            ..
-        } => {
-            let since: Cursor = since.as_deref().unwrap_or("").parse()?;
-            let first = match conn.session.follow(&rooms, &since, presence).await {
-                Ok(first) => first,
-                Err(err) => return Ok(conn.feed_frame(ack(Err(err))).await),
-            };
-            let mut started = Cursor::new();
-            for room in &rooms {
-                if let Some(seq) = conn.session.cursor.get(room) {
-                    started.set(room, seq);
-                }
-            }
-            let frame = ServerFrame::Ack {
-                r#ref: r#ref.clone(),
-                result: Ok(None),
-                cursor: Some(started.to_string()),
-            };
-            if !conn.feed_frame(frame).await || !conn.feed_items(first).await? {
+    /// Hands a text frame to the session's command handler and writes its reply: the frames,
+    /// then a subscription's catch-up page by page. `Ok(false)` when the socket is gone.
+    async fn on_text(&mut self, text: &str) -> Result<bool> {
+        let Reply { frames, catch_up } = commands::handle(&mut self.session, text).await?;
+        for frame in frames {
+            if !self.feed_frame(frame).await {
                 return Ok(false);
             }
-            while let Some(page) = conn.session.replay_next().await? {
-                if !conn.feed_items(page).await? || !conn.flush().await {
+        }
+        if let Some(mut catch_up) = catch_up {
+            while let Some(page) = catch_up.next(&mut self.session).await? {
+                if !self.feed_ready(page).await || (!catch_up.is_done() && !self.flush().await) {
                     return Ok(false);
                 }
             }
-            if presence {
-                let states = conn.session.presence_states(&rooms).await?;
-                return conn.feed_items(states).await;
-            }
-            Ok(true)
         }
-        ClientFrame::Unsubscribe { rooms, .. } => {
-            conn.session.unfollow(&rooms).await;
-            if r#ref.is_some() {
-                return Ok(conn.feed_frame(ack(Ok(None))).await);
-            }
-            Ok(true)
-        }
-        ClientFrame::Put {
-            room,
-            id,
-            value,
-            key,
-            if_match,
-            ..
-        } => {
-            let size = value.to_string().len();
-            let result = if size > state.config.max_item_bytes {
-                Err(Error::PayloadTooLarge {
-                    size,
-                    limit: state.config.max_item_bytes,
-                })
-            } else {
-                write(
-                    &conn.session,
-                    room,
-                    WriteOp::Put { id, value },
-                    key,
-                    if_match,
-                )
-                .await
-            };
-            Ok(conn.feed_frame(ack(result)).await)
-        }
-        ClientFrame::Delete {
-            room,
-            id,
-            key,
-            if_match,
-            ..
-        } => {
-            let result = write(&conn.session, room, WriteOp::Delete { id }, key, if_match).await;
-            Ok(conn.feed_frame(ack(result)).await)
-        }
-        ClientFrame::Publish {
-            room, event, key, ..
-        } => {
-            let result = write(
-                &conn.session,
-                room,
-                WriteOp::Publish(RawAppEvent {
-                    event_type: event.event_type,
-                    data: event.data,
-                }),
-                key,
-                None,
-            )
-            .await;
-            Ok(conn.feed_frame(ack(result)).await)
-        }
-        ClientFrame::Broadcast {
-            room, event, data, ..
-        } => {
-            let result = async {
-                authorize(&conn.session.identity, &room, Access::Write)?;
-                if event.is_empty() || event.len() > 64 {
-                    return Err(Error::BadRequest(
-                        "broadcast `event` must be 1 to 64 characters".into(),
-                    ));
-                }
-                state
-                    .service
-                    .broadcast(
-                        &room,
-                        &conn.session.id,
-                        &conn.session.client_id,
-                        event,
-                        data,
-                    )
-                    .await
-            }
-            .await;
-            if r#ref.is_some() || result.is_err() {
-                return Ok(conn.feed_frame(ack(result.map(|()| None))).await);
-            }
-            Ok(true)
-        }
-        ClientFrame::Presence { room, meta, .. } => {
-            let result = conn.session.join_presence(&room, meta).await;
-            if r#ref.is_some() || result.is_err() {
-                return Ok(conn.feed_frame(ack(result.map(|()| None))).await);
-            }
-            Ok(true)
-        }
-        ClientFrame::Ping { .. } => Ok(conn.feed_frame(ServerFrame::Pong { r#ref }).await),
-        ClientFrame::Auth { token, .. } => {
-            let result = match state.auth.as_ref() {
-                // Open access: the frame is accepted and changes nothing.
-                None => Ok(None),
-                Some(auth) => match auth.verify(&token) {
-                    Ok(grant) => conn
-                        .session
-                        .reauthenticate(ClientIdentity::authenticated(grant))
-                        .await
-                        .map(|()| None),
-                    Err(err) => Err(err),
-                },
-            };
-            Ok(conn.feed_frame(ack(result)).await)
-        }
-        _ => {
-            let err = ProtocolError::UnknownFrameType("unsupported".into());
-            Ok(conn
-                .feed_frame(ServerFrame::Error {
-                    r#ref,
-                    code: err.code(),
-                    message: err.to_string(),
-                })
-                .await)
-        }
+        Ok(true)
     }
-}
-
-async fn write(
-    session: &Session,
-    room: String,
-    op: WriteOp,
-    key: Option<String>,
-    if_match: Option<u64>,
-) -> Result<Option<tidewire_protocol::Envelope>> {
-    let state = &session.state;
-    authorize(&session.identity, &room, Access::Write)?;
-    state.limits.check_write(&session.identity.key)?;
-    let written = state
-        .service
-        .write(WriteRequest {
-            room,
-            op,
-            key,
-            if_match,
-        })
-        .await?;
-    Ok(Some(written.envelope))
 }

@@ -17,8 +17,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tidewire_protocol::Envelope;
 
 use super::super::plan::{self, ItemChange, StoredItem};
-use super::super::{now, to_i64, to_u64, Retention, WriteOp, WriteRequest, Written};
+use super::super::{to_i64, to_u64, Retention, WriteOp, WriteRequest, Written};
 use super::connection::Db;
+use crate::clock::now;
 use crate::{Error, Result};
 
 /// A room's row as a batch found it and as the batch leaves it.

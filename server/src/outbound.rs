@@ -1,4 +1,5 @@
-//! The bounded per-connection outbound queue every transport drains.
+//! The bounded per-connection outbound queue: the hub fills it, the connection's session
+//! drains it through whichever transport the client uses.
 //!
 //! The hub pushes without waiting; when a connection's queue is full the connection is marked
 //! slow, its transport closes it (`slow_consumer`), and the client resumes from its position.
@@ -8,7 +9,7 @@
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! use tidewire_server::transport::queue::{queue, Outbound, Push};
+//! use tidewire_server::outbound::{queue, Outbound, Push};
 //! let (outbox, mut inbox) = queue(1);
 //! assert_eq!(outbox.push(Outbound::Message("a".into())), Push::Queued);
 //! assert_eq!(outbox.push(Outbound::Message("b".into())), Push::Slow);
@@ -25,6 +26,36 @@ use std::task::{Context, Poll};
 use axum::extract::ws::Utf8Bytes;
 use futures::task::AtomicWaker;
 use tokio::sync::Notify;
+
+use crate::payload::Payload;
+
+/// Which transport a connection uses (the label of its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket.
+    Ws,
+    /// Long-poll (and plain polling).
+    Poll,
+}
+
+impl TransportKind {
+    /// The metrics label: `sse`, `ws` or `poll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Sse => "sse",
+            TransportKind::Ws => "ws",
+            TransportKind::Poll => "poll",
+        }
+    }
+}
+
+/// An envelope's shared bytes as the text the transports write (no copy).
+pub fn text(payload: Payload) -> Utf8Bytes {
+    // A payload is made from strings only, so this never fails.
+    Utf8Bytes::try_from(payload.into_bytes()).unwrap_or_default()
+}
 
 /// One item for a connection.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +101,7 @@ struct State {
     /// Wakes [`Inbox::wait_slow`].
     notify: Notify,
     /// The transport whose slow-consumer counter counts this connection's cut, if any.
-    transport: Option<&'static str>,
+    transport: Option<TransportKind>,
 }
 
 impl State {
@@ -115,11 +146,11 @@ pub fn queue(capacity: usize) -> (Outbox, Inbox) {
 
 /// A queue holding at most `capacity` items whose overflow counts as a slow-consumer cut of
 /// `transport` (counted when it is decided, not when the client next reads).
-pub fn queue_for(capacity: usize, transport: &'static str) -> (Outbox, Inbox) {
+pub fn queue_for(capacity: usize, transport: TransportKind) -> (Outbox, Inbox) {
     new_queue(capacity, Some(transport))
 }
 
-fn new_queue(capacity: usize, transport: Option<&'static str>) -> (Outbox, Inbox) {
+fn new_queue(capacity: usize, transport: Option<TransportKind>) -> (Outbox, Inbox) {
     let state = Arc::new(State {
         items: Mutex::new(VecDeque::new()),
         capacity: capacity.max(1),
@@ -158,7 +189,7 @@ impl Outbox {
         }
         if !state.slow.swap(true, Ordering::AcqRel) {
             if let Some(transport) = state.transport {
-                crate::metrics::slow_consumer(transport);
+                crate::metrics::slow_consumer(transport.as_str());
             }
         }
         // A slow connection reads no more: its queue is freed now, not when it closes.
