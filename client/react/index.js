@@ -38,8 +38,9 @@ export { shallowEqual };
 let wasmReady = null;
 function loadWasm() {
   if (wasmReady === null) {
-    const init = typeof sdk.default === 'function' ? sdk.default : null;
-    wasmReady = Promise.resolve(init ? init() : undefined);
+    // Read dynamically: a bundler warns about a static `sdk.default` the bundler build lacks.
+    const init = Reflect.get(sdk, 'default');
+    wasmReady = Promise.resolve(typeof init === 'function' ? init() : undefined);
   }
   return wasmReady;
 }

@@ -1,4 +1,4 @@
-// The `tidewire/react` test: pack the npm package (the `--target web` build in client/pkg),
+// The `tidewire/react` test: pack the npm package,
 // install the tarball into a fresh copy of this Vite + React 19 app (npm ci from its lock
 // file, then the tarball), type-check the app with `tsc --strict`, render the hooks on the
 // server with `renderToString`, build the app in development mode (so <StrictMode> runs every
@@ -15,20 +15,28 @@
 //
 //   npm ci && npm test
 //
-// Environment: TIDEWIRE_PKG (a `--target web` build used as it is; default client/pkg, built
-// with wasm-pack when missing); TIDEWIRE_BIN (default: `tidewire` in Cargo's target/debug,
+// All of it for both wasm-pack builds, except tsc and SSR (the web build only).
+//
+// Environment: TIDEWIRE_PKG and TIDEWIRE_PKG_BUNDLER (the `--target web` and `--target
+// bundler` builds; default client/pkg and client/pkg-bundler, built with wasm-pack when
+// missing); TIDEWIRE_BIN (default: `tidewire` in Cargo's target/debug,
 // built when missing); TIDEWIRE_CHROMIUM (default /usr/bin/chromium).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 
 const app = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(app, '..', '..');
-const pkgDir = path.resolve(process.env.TIDEWIRE_PKG ?? path.join(root, 'client', 'pkg'));
+// Both wasm-pack builds: `--target web` (whose `init()` the bindings call) and `--target bundler`.
+const targets = [
+  { target: 'web', env: 'TIDEWIRE_PKG', dir: 'pkg' },
+  { target: 'bundler', env: 'TIDEWIRE_PKG_BUNDLER', dir: 'pkg-bundler' },
+].map(({ target, env, dir }) => ({ target, pkgDir: path.resolve(process.env[env] ?? path.join(root, 'client', dir)) }));
 
 // `npm test` exports npm_config_* to its children; a child `npm` would then work on this
 // directory instead of its cwd. Children get a clean environment.
@@ -72,18 +80,19 @@ function serverBinary() {
   return bin;
 }
 
-/** Packs the package and installs it into a fresh copy of the app; returns the copy. */
-function install() {
-  // `cargo xtask test` built client/pkg in an earlier step; alone, build it when missing.
+/** Packs one build of the package and installs it into a fresh copy of the app; returns the copy. */
+function install({ target, pkgDir }) {
+  // `cargo xtask test` built both in earlier steps (client/pkg, and client/pkg-bundler in the
+  // Vite package test); alone, a missing build is made here.
   if (!fs.existsSync(path.join(pkgDir, 'package.json'))) {
-    run('wasm-pack', ['build', path.join(root, 'client'), '--release', '--target', 'web', '--out-dir', pkgDir], { stdio: 'inherit' });
+    run('wasm-pack', ['build', path.join(root, 'client'), '--release', '--target', target, '--out-dir', pkgDir], { stdio: 'inherit' });
   }
   run('node', [path.join(root, 'client', 'scripts', 'package.mjs'), pkgDir], { stdio: 'inherit' });
   const packDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-pack-'));
   const packed = JSON.parse(run('npm', ['pack', pkgDir, '--json', '--pack-destination', packDir]));
   const files = packed[0].files.map((f) => f.path);
   for (const f of ['react/index.js', 'react/store.js', 'react/index.d.ts']) assert.ok(files.includes(f), `${f} is in the tarball`);
-  const fresh = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-react-'));
+  const fresh = fs.mkdtempSync(path.join(os.tmpdir(), `tidewire-react-${target}-`));
   for (const f of ['package.json', 'package-lock.json', 'index.html', 'vite.config.js', 'tsconfig.json', 'ssr.mjs', 'src']) {
     fs.cpSync(path.join(app, f), path.join(fresh, f), { recursive: true });
   }
@@ -94,6 +103,8 @@ function install() {
   assert.equal(manifest.exports['./react'].default, './react/index.js');
   assert.deepEqual(manifest.peerDependencies, { react: '>=18' });
   assert.equal(manifest.peerDependenciesMeta.react.optional, true);
+  const gz = (f) => zlib.gzipSync(fs.readFileSync(path.join(fresh, 'node_modules', 'tidewire', f)), { level: 9 }).length;
+  console.log(`${target}: tidewire/react is ${gz('react/index.js') + gz('react/store.js')} B gzipped (react/index.js + react/store.js)`);
   return fresh;
 }
 
@@ -158,169 +169,183 @@ async function openPage(browser, base, who) {
   return page;
 }
 
-const bin = serverBinary();
-const fresh = install();
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-react-db-'));
-const server = new Server(bin, await freePort(), path.join(tmp, 'react.db'));
-let browser;
-let userDataDir;
-let preview;
-let failed = false;
-try {
-  // Types: the app type-checks with `tsc --strict` against the package's declarations.
-  run(path.join(fresh, 'node_modules', '.bin', 'tsc'), ['-p', path.join(fresh, 'tsconfig.json')], { stdio: 'inherit' });
-  // Server-side rendering in Node.
-  run('node', [path.join(fresh, 'ssr.mjs')], { cwd: fresh, stdio: 'inherit' });
-
-  await server.start();
-  const vite = await import(path.join(fresh, 'node_modules', 'vite', 'dist', 'node', 'index.js'));
+/** Builds the installed app, serves it, and drives the pages through every assertion. */
+async function scenario(browser, vite, fresh, target) {
   // A development build: React's StrictMode double-invokes effects only there.
   await vite.build({ root: fresh, mode: 'development', logLevel: 'warn', define: { 'process.env.NODE_ENV': '"development"' } });
   const previewPort = await freePort();
-  preview = await vite.preview({ root: fresh, logLevel: 'warn', preview: { port: previewPort, strictPort: true, host: '127.0.0.1' } });
-  const { chromium } = await import(path.join(fresh, 'node_modules', 'playwright-core', 'index.mjs'));
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-chromium-'));
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.TIDEWIRE_CHROMIUM ?? '/usr/bin/chromium',
-    headless: true,
-    timeout: 60000,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
-  const room = `react-${Date.now()}`;
+  const preview = await vite.preview({ root: fresh, logLevel: 'warn', preview: { port: previewPort, strictPort: true, host: '127.0.0.1' } });
+  const room = `react-${target}-${Date.now()}`;
   const base = `http://127.0.0.1:${previewPort}/?server=${encodeURIComponent(server.url)}&room=${room}`;
+  try {
+    const ada = await openPage(browser, base, 'ada');
+    assert.equal(await control(ada, () => window.__app.effectRuns), 2, 'StrictMode (development) ran the mount effect twice');
 
-  const ada = await openPage(browser, base, 'ada');
-  assert.equal(await control(ada, () => window.__app.effectRuns), 2, 'StrictMode (development) ran the mount effect twice');
+    // Items from another client render live.
+    await server.put(room, 'a', { n: 1 });
+    await server.put(room, 'b', { n: 1 });
+    await until('a and b render', async () => (await text(ada, '#cell-a')) === '{"n":1}' && (await text(ada, '#cell-b')) === '{"n":1}');
+    await until('count 2', async () => (await text(ada, '#count')) === '2');
+    assert.equal(await text(ada, '#ids'), 'a,b');
+    console.log('ok: REST writes render live');
 
-  // Items from another client render live.
-  await server.put(room, 'a', { n: 1 });
-  await server.put(room, 'b', { n: 1 });
-  await until('a and b render', async () => (await text(ada, '#cell-a')) === '{"n":1}' && (await text(ada, '#cell-b')) === '{"n":1}');
-  await until('count 2', async () => (await text(ada, '#count')) === '2');
-  assert.equal(await text(ada, '#ids'), 'a,b');
-  console.log('ok: REST writes render live');
+    // Render counting: one remote change to a.
+    const before = await control(ada, () => ({ ...window.__app.renders }));
+    await server.put(room, 'a', { n: 2 });
+    await until('a updates', async () => (await text(ada, '#cell-a')) === '{"n":2}');
+    await sleep(300);
+    const after = await control(ada, () => ({ ...window.__app.renders }));
+    const delta = (k) => (after[k] ?? 0) - (before[k] ?? 0);
+    console.log(`renders after one change to a: ${JSON.stringify(Object.fromEntries(Object.keys(after).map((k) => [k, delta(k)])))}`);
+    assert.ok(delta('cell:a') > 0, 'the cell of a re-rendered');
+    assert.ok(delta('board') > 0, 'useRoom re-rendered');
+    assert.equal(delta('cell:b'), 0, 'the cell of b did not re-render');
+    assert.equal(delta('count'), 0, 'useItems(items => items.length) did not re-render');
+    assert.equal(delta('ids'), 0, 'useItems(ids, shallowEqual) did not re-render');
+    console.log('ok: selectors re-render only on their own change');
 
-  // Render counting: one remote change to a.
-  const before = await control(ada, () => ({ ...window.__app.renders }));
-  await server.put(room, 'a', { n: 2 });
-  await until('a updates', async () => (await text(ada, '#cell-a')) === '{"n":2}');
-  await sleep(300);
-  const after = await control(ada, () => ({ ...window.__app.renders }));
-  const delta = (k) => (after[k] ?? 0) - (before[k] ?? 0);
-  console.log(`renders after one change to a: ${JSON.stringify(Object.fromEntries(Object.keys(after).map((k) => [k, delta(k)])))}`);
-  assert.ok(delta('cell:a') > 0, 'the cell of a re-rendered');
-  assert.ok(delta('board') > 0, 'useRoom re-rendered');
-  assert.equal(delta('cell:b'), 0, 'the cell of b did not re-render');
-  assert.equal(delta('count'), 0, 'useItems(items => items.length) did not re-render');
-  assert.equal(delta('ids'), 0, 'useItems(ids, shallowEqual) did not re-render');
-  console.log('ok: selectors re-render only on their own change');
+    // Optimistic put: pending at once, then confirmed.
+    const put = await control(ada, async () => {
+      const p = window.__app.room.put('c', { by: 'ada' });
+      // Microtasks only: React commits the update, no network answer can come in between.
+      for (let i = 0; i < 20; i++) await Promise.resolve();
+      const shown = document.querySelector('#cell-c')?.getAttribute('data-pending');
+      const event = await p;
+      return { shown, seq: event.seq, version: event.data.version };
+    });
+    assert.equal(put.shown, 'true', 'the optimistic value rendered as pending before the answer');
+    await until('c confirmed', async () => (await attr(ada, '#cell-c', 'data-pending')) === 'false');
+    const seenC = await control(ada, () => window.__app.seen.filter((s) => s.id === 'c'));
+    assert.deepEqual(seenC.map((s) => s.pending), [true, false], 'c committed pending, then confirmed');
+    assert.equal(seenC[1].version, put.version);
+    await until('count 3', async () => (await text(ada, '#count')) === '3');
+    console.log('ok: optimistic put shows pending, then confirmed');
 
-  // Optimistic put: pending at once, then confirmed.
-  const put = await control(ada, async () => {
-    const p = window.__app.room.put('c', { by: 'ada' });
-    // Microtasks only: React commits the update, no network answer can come in between.
-    for (let i = 0; i < 20; i++) await Promise.resolve();
-    const shown = document.querySelector('#cell-c')?.getAttribute('data-pending');
-    const event = await p;
-    return { shown, seq: event.seq, version: event.data.version };
-  });
-  assert.equal(put.shown, 'true', 'the optimistic value rendered as pending before the answer');
-  await until('c confirmed', async () => (await attr(ada, '#cell-c', 'data-pending')) === 'false');
-  const seenC = await control(ada, () => window.__app.seen.filter((s) => s.id === 'c'));
-  assert.deepEqual(seenC.map((s) => s.pending), [true, false], 'c committed pending, then confirmed');
-  assert.equal(seenC[1].version, put.version);
-  await until('count 3', async () => (await text(ada, '#count')) === '3');
-  console.log('ok: optimistic put shows pending, then confirmed');
+    // A conflicting put (only-if-absent on an existing item) rolls back visibly.
+    await server.put(room, 'd', { owner: 'server' });
+    await until('d renders', async () => (await text(ada, '#cell-d')) === '{"owner":"server"}');
+    const conflict = await control(ada, async () => {
+      const p = window.__app.room.put('d', { owner: 'ada' }, { ifMatch: 0 });
+      // Microtasks only: React commits the update, no network answer can come in between.
+      for (let i = 0; i < 20; i++) await Promise.resolve();
+      const shown = document.querySelector('#cell-d')?.textContent;
+      try {
+        await p;
+        return { shown, code: null };
+      } catch (e) {
+        return { shown, code: e.code };
+      }
+    });
+    assert.equal(conflict.code, 'version_conflict');
+    assert.equal(conflict.shown, '{"owner":"ada"}', 'the optimistic value showed first');
+    await until('rollback shown', async () => (await text(ada, '#rollback')) === 'd: version_conflict');
+    await until('d back to the server value', async () => (await text(ada, '#cell-d')) === '{"owner":"server"}' && (await attr(ada, '#cell-d', 'data-pending')) === 'false');
+    const rollbacks = await control(ada, () => window.__app.rollbacks);
+    assert.deepEqual(rollbacks, [{ id: 'd', code: 'version_conflict', value: { owner: 'server' } }], 'one rollback, through the latest handler');
+    console.log('ok: a 409 rolls back visibly');
 
-  // A conflicting put (only-if-absent on an existing item) rolls back visibly.
-  await server.put(room, 'd', { owner: 'server' });
-  await until('d renders', async () => (await text(ada, '#cell-d')) === '{"owner":"server"}');
-  const conflict = await control(ada, async () => {
-    const p = window.__app.room.put('d', { owner: 'ada' }, { ifMatch: 0 });
-    // Microtasks only: React commits the update, no network answer can come in between.
-    for (let i = 0; i < 20; i++) await Promise.resolve();
-    const shown = document.querySelector('#cell-d')?.textContent;
-    try {
-      await p;
-      return { shown, code: null };
-    } catch (e) {
-      return { shown, code: e.code };
+    // Presence of two pages, and a broadcast between them.
+    const bob = await openPage(browser, base, 'bob');
+    for (const [who, page] of [['ada', ada], ['bob', bob]]) {
+      await until(`${who} sees both`, async () => (await text(page, '#members')) === 'ada,bob');
+      assert.equal(await attr(page, '#members', 'data-me'), 'yes');
+      assert.equal(await attr(page, '#members', 'data-others'), '1');
     }
-  });
-  assert.equal(conflict.code, 'version_conflict');
-  assert.equal(conflict.shown, '{"owner":"ada"}', 'the optimistic value showed first');
-  await until('rollback shown', async () => (await text(ada, '#rollback')) === 'd: version_conflict');
-  await until('d back to the server value', async () => (await text(ada, '#cell-d')) === '{"owner":"server"}' && (await attr(ada, '#cell-d', 'data-pending')) === 'false');
-  const rollbacks = await control(ada, () => window.__app.rollbacks);
-  assert.deepEqual(rollbacks, [{ id: 'd', code: 'version_conflict', value: { owner: 'server' } }], 'one rollback, through the latest handler');
-  console.log('ok: a 409 rolls back visibly');
+    assert.equal(await text(bob, '#cell-d'), '{"owner":"server"}', 'the second page got the state');
+    // A write on one page shows on the other.
+    await control(bob, () => window.__app.room.put('e', { by: 'bob' }));
+    await until('ada sees bob\'s write', async () => (await text(ada, '#items li[data-id="e"]')) === 'e = {"by":"bob"}');
+    await control(ada, () => window.__app.room.delete('e'));
+    await until('bob sees ada\'s delete', async () => (await bob.locator('#items li[data-id="e"]').count()) === 0);
+    console.log('ok: presence lists both pages; each sees the other\'s writes');
 
-  // Presence of two pages, and a broadcast between them.
-  const bob = await openPage(browser, base, 'bob');
-  for (const [who, page] of [['ada', ada], ['bob', bob]]) {
-    await until(`${who} sees both`, async () => (await text(page, '#members')) === 'ada,bob');
-    assert.equal(await attr(page, '#members', 'data-me'), 'yes');
-    assert.equal(await attr(page, '#members', 'data-others'), '1');
+    for (const n of [1, 2]) {
+      await control(bob, (data) => window.__app.send(data), { n });
+      await until(`ping ${n} at ada`, async () => (await text(ada, '#pings')) === JSON.stringify({ n }));
+    }
+    const pings = await control(ada, () => window.__app.pings);
+    assert.equal(pings.length, 2, 'each broadcast handled once (one subscription)');
+    for (const p of pings) assert.equal(p.handlerOf, p.latest, 'the handler of the latest render ran');
+    assert.equal(await text(bob, '#pings'), '', 'a page does not get its own broadcast');
+    console.log('ok: broadcast received through the latest handler');
+
+    // StrictMode and remounts leak no connection: two pages, two connections.
+    await until('two connections', async () => (await server.connections()) === 2, 10000);
+    for (let i = 0; i < 3; i++) {
+      await control(ada, () => window.__app.remount());
+      await until('ada open again', async () => (await attr(ada, '#conn', 'data-state')) === 'open' && (await text(ada, '#status')) === 'ready');
+    }
+    await until('still two connections after 3 remounts', async () => (await server.connections()) === 2, 10000);
+    assert.equal(await text(ada, '#cell-a'), '{"n":2}', 'a remounted Provider shows the room');
+    console.log('ok: StrictMode and remounts leak no connection');
+
+    await bob.close();
+    await until('bob left', async () => (await text(ada, '#members')) === 'ada');
+    await until('one connection', async () => (await server.connections()) === 1, 10000);
+    console.log('ok: a closed page leaves the presence set');
+
+    // useConnection: reconnecting while the server is down, open after its restart.
+    await server.kill();
+    await until('reconnecting shown', async () => (await attr(ada, '#conn', 'data-state')) === 'reconnecting');
+    await server.start();
+    await until('open again', async () => (await attr(ada, '#conn', 'data-state')) === 'open', 20000);
+    await server.put(room, 'b', { n: 3 });
+    await until('b updates after the restart', async () => (await text(ada, '#cell-b')) === '{"n":3}');
+    const states = await control(ada, () => window.__app.states);
+    console.log(`connection states: ${states.join(' → ')}`);
+    const iReconnecting = states.lastIndexOf('reconnecting');
+    assert.ok(iReconnecting > 0 && states.slice(iReconnecting).includes('open'), 'open → reconnecting → open');
+    console.log('ok: useConnection shows open, reconnecting, open');
+    await ada.close();
+  } finally {
+    await preview.close?.();
   }
-  assert.equal(await text(bob, '#cell-d'), '{"owner":"server"}', 'the second page got the state');
-  // A write on one page shows on the other.
-  await control(bob, () => window.__app.room.put('e', { by: 'bob' }));
-  await until('ada sees bob\'s write', async () => (await text(ada, '#items li[data-id="e"]')) === 'e = {"by":"bob"}');
-  await control(ada, () => window.__app.room.delete('e'));
-  await until('bob sees ada\'s delete', async () => (await bob.locator('#items li[data-id="e"]').count()) === 0);
-  console.log('ok: presence lists both pages; each sees the other\'s writes');
+}
 
-  for (const n of [1, 2]) {
-    await control(bob, (data) => window.__app.send(data), { n });
-    await until(`ping ${n} at ada`, async () => (await text(ada, '#pings')) === JSON.stringify({ n }));
-  }
-  const pings = await control(ada, () => window.__app.pings);
-  assert.equal(pings.length, 2, 'each broadcast handled once (one subscription)');
-  for (const p of pings) assert.equal(p.handlerOf, p.latest, 'the handler of the latest render ran');
-  assert.equal(await text(bob, '#pings'), '', 'a page does not get its own broadcast');
-  console.log('ok: broadcast received through the latest handler');
-
-  // StrictMode and remounts leak no connection: two pages, two connections.
-  await until('two connections', async () => (await server.connections()) === 2, 10000);
-  for (let i = 0; i < 3; i++) {
-    await control(ada, () => window.__app.remount());
-    await until('ada open again', async () => (await attr(ada, '#conn', 'data-state')) === 'open' && (await text(ada, '#status')) === 'ready');
-  }
-  await until('still two connections after 3 remounts', async () => (await server.connections()) === 2, 10000);
-  assert.equal(await text(ada, '#cell-a'), '{"n":2}', 'a remounted Provider shows the room');
-  console.log('ok: StrictMode and remounts leak no connection');
-
-  await bob.close();
-  await until('bob left', async () => (await text(ada, '#members')) === 'ada');
-  await until('one connection', async () => (await server.connections()) === 1, 10000);
-  console.log('ok: a closed page leaves the presence set');
-
-  // useConnection: reconnecting while the server is down, open after its restart.
-  await server.kill();
-  await until('reconnecting shown', async () => (await attr(ada, '#conn', 'data-state')) === 'reconnecting');
+const bin = serverBinary();
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-react-db-'));
+const server = new Server(bin, await freePort(), path.join(tmp, 'react.db'));
+const fresh = [];
+let browser;
+let userDataDir;
+let failed = false;
+try {
   await server.start();
-  await until('open again', async () => (await attr(ada, '#conn', 'data-state')) === 'open', 20000);
-  await server.put(room, 'b', { n: 3 });
-  await until('b updates after the restart', async () => (await text(ada, '#cell-b')) === '{"n":3}');
-  const states = await control(ada, () => window.__app.states);
-  console.log(`connection states: ${states.join(' → ')}`);
-  const iReconnecting = states.lastIndexOf('reconnecting');
-  assert.ok(iReconnecting > 0 && states.slice(iReconnecting).includes('open'), 'open → reconnecting → open');
-  console.log('ok: useConnection shows open, reconnecting, open');
-  await ada.close();
-  console.log('ok: tidewire/react works in a Vite + React 19 app under StrictMode');
+  for (const t of targets) {
+    const dir = install(t);
+    fresh.push(dir);
+    if (t.target === 'web') {
+      // Types: the app type-checks with `tsc --strict` against the package's declarations.
+      run(path.join(dir, 'node_modules', '.bin', 'tsc'), ['-p', path.join(dir, 'tsconfig.json')], { stdio: 'inherit' });
+      // Server-side rendering in Node.
+      run('node', [path.join(dir, 'ssr.mjs')], { cwd: dir, stdio: 'inherit' });
+    }
+    const vite = await import(path.join(dir, 'node_modules', 'vite', 'dist', 'node', 'index.js'));
+    if (!browser) {
+      const { chromium } = await import(path.join(dir, 'node_modules', 'playwright-core', 'index.mjs'));
+      userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tidewire-chromium-'));
+      browser = await chromium.launchPersistentContext(userDataDir, {
+        executablePath: process.env.TIDEWIRE_CHROMIUM ?? '/usr/bin/chromium',
+        headless: true,
+        timeout: 60000,
+        args: [
+          '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+          '--disable-background-networking', '--disable-component-update', '--disable-sync',
+        ],
+      });
+    }
+    console.log(`--- ${t.target} build`);
+    await scenario(browser, vite, dir, t.target);
+    console.log(`ok (${t.target}): tidewire/react works in a Vite + React 19 app under StrictMode`);
+  }
 } catch (e) {
   failed = true;
   console.error(e);
 } finally {
   await browser?.close().catch(() => {});
-  await preview?.close?.();
   await server.kill();
   if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
   fs.rmSync(tmp, { recursive: true, force: true });
-  fs.rmSync(fresh, { recursive: true, force: true });
+  for (const dir of fresh) fs.rmSync(dir, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
