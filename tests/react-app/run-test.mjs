@@ -12,6 +12,7 @@
 //   page through the latest handler;
 // - StrictMode and remounting the Provider leak no connection (`tidewire_connections`);
 // - useConnection shows `open`, `reconnecting` while the server is down, `open` after restart.
+// - the README's "React" example (copied from README.md into src/readme.jsx) works as printed.
 //
 //   npm ci && npm test
 //
@@ -93,9 +94,10 @@ function install({ target, pkgDir }) {
   const files = packed[0].files.map((f) => f.path);
   for (const f of ['react/index.js', 'react/store.js', 'react/index.d.ts']) assert.ok(files.includes(f), `${f} is in the tarball`);
   const fresh = fs.mkdtempSync(path.join(os.tmpdir(), `tidewire-react-${target}-`));
-  for (const f of ['package.json', 'package-lock.json', 'index.html', 'vite.config.js', 'tsconfig.json', 'ssr.mjs', 'src']) {
+  for (const f of ['package.json', 'package-lock.json', 'index.html', 'readme.html', 'vite.config.js', 'tsconfig.json', 'ssr.mjs', 'src']) {
     fs.cpSync(path.join(app, f), path.join(fresh, f), { recursive: true });
   }
+  fs.writeFileSync(path.join(fresh, 'src', 'readme.jsx'), readmeExample());
   run('npm', ['ci', '--no-audit', '--no-fund'], { cwd: fresh, stdio: 'inherit' });
   run('npm', ['install', '--no-save', '--no-audit', '--no-fund', path.join(packDir, packed[0].filename)], { cwd: fresh, stdio: 'inherit' });
   fs.rmSync(packDir, { recursive: true, force: true });
@@ -106,6 +108,17 @@ function install({ target, pkgDir }) {
   const gz = (f) => zlib.gzipSync(fs.readFileSync(path.join(fresh, 'node_modules', 'tidewire', f)), { level: 9 }).length;
   console.log(`${target}: tidewire/react is ${gz('react/index.js') + gz('react/store.js')} B gzipped (react/index.js + react/store.js)`);
   return fresh;
+}
+
+/** The README's "React" example (its first jsx block), reading the server URL from the page's query. */
+function readmeExample() {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('\n## React\n'));
+  const code = /```jsx\n([\s\S]*?)\n```/.exec(section)?.[1];
+  assert.ok(code, 'the README has a React section with a jsx example');
+  const url = "'http://127.0.0.1:8080'";
+  assert.ok(code.includes(url), `the README example connects to ${url}`);
+  return code.replace(url, "new URLSearchParams(location.search).get('server')");
 }
 
 /** The tidewire server, restartable on the same port and database file. */
@@ -140,6 +153,10 @@ class Server {
     const body = await r.text();
     assert.ok(r.ok, `PUT ${id}: ${r.status} ${body}`);
     return JSON.parse(body);
+  }
+  async del(room, id) {
+    const r = await fetch(`${this.url}/v1/rooms/${room}/items/${id}`, { method: 'DELETE' });
+    assert.ok(r.ok || r.status === 404, `DELETE ${id}: ${r.status}`);
   }
   /** Open streaming connections, summed over transports. */
   async connections() {
@@ -297,6 +314,31 @@ async function scenario(browser, vite, fresh, target) {
     assert.ok(iReconnecting > 0 && states.slice(iReconnecting).includes('open'), 'open → reconnecting → open');
     console.log('ok: useConnection shows open, reconnecting, open');
     await ada.close();
+
+    // The README's example works as printed: a click marks the cell, another client's mark adds up.
+    const readme = await browser.newPage();
+    readme.on('pageerror', (e) => console.log(`[readme] error: ${e}`));
+    await readme.goto(`http://127.0.0.1:${previewPort}/readme.html?server=${encodeURIComponent(server.url)}`);
+    const cell = readme.locator('table tr').nth(0).locator('button').nth(0); // Mon 9:00, cell 0-9
+    await cell.waitFor({ timeout: 15000 });
+    await readme.locator('text=also here').waitFor({ timeout: 15000 });
+    const mark = async () => ({ cls: await cell.getAttribute('class'), n: await cell.textContent() });
+    if ((await mark()).cls !== 'off') {
+      await server.del('board-tour', 'ada.0-9'); // a previous run's mark
+      await until('the README cell is clear', async () => (await mark()).cls === 'off');
+    }
+    await cell.click();
+    await until('the README cell is mine', async () => { const m = await mark(); return m.cls === 'mine' && m.n === '1'; });
+    const mine = await fetch(`${server.url}/v1/rooms/board-tour/snapshot`).then((r) => r.json());
+    assert.ok(JSON.stringify(mine).includes('ada.0-9'), 'the click wrote ada.0-9');
+    await server.put('board-tour', 'bob.0-9', { name: 'bob', on: true });
+    await until('bob adds up', async () => (await mark()).n === '2');
+    assert.equal(await cell.getAttribute('title'), 'ada, bob');
+    await cell.click();
+    await until('the click took the mark back', async () => { const m = await mark(); return m.cls === 'on' && m.n === '1'; });
+    await server.del('board-tour', 'bob.0-9');
+    await readme.close();
+    console.log('ok: the README example works');
   } finally {
     await preview.close?.();
   }
