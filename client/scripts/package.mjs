@@ -1,5 +1,6 @@
 // Turns the `wasm-pack build` output into the npm package `tidewire`: sets the name, adds
-// the README and the TypeScript declarations generated from the Rust types. Idempotent.
+// the README, the TypeScript declarations generated from the Rust types and the React
+// bindings `tidewire/react` (client/react). Idempotent.
 //
 //   wasm-pack build client --release --target web --out-dir pkg
 //   node client/scripts/package.mjs client/pkg
@@ -73,6 +74,27 @@ for (const name of ['protocol.d.ts', 'client.d.ts']) {
     fs.copyFileSync(types, path.join(pkgDir, 'types', name));
     files.add(`types/${name}`);
   }
+}
+// `tidewire/react`: the React bindings (plain JavaScript, React as an optional peer), reached
+// through the `exports` map next to the SDK itself and its declarations.
+const reactSrc = path.join(client, 'react');
+if (fs.existsSync(reactSrc)) {
+  fs.mkdirSync(path.join(pkgDir, 'react'), { recursive: true });
+  for (const name of ['index.js', 'store.js', 'index.d.ts']) {
+    fs.copyFileSync(path.join(reactSrc, name), path.join(pkgDir, 'react', name));
+    files.add(`react/${name}`);
+  }
+  const main = pkg.module ?? pkg.main;
+  const types = pkg.types ?? pkg.typings;
+  pkg.exports = {
+    '.': { types: `./${types}`, default: `./${main}` },
+    './react': { types: './react/index.d.ts', default: './react/index.js' },
+    './types/*': { types: './types/*.d.ts' },
+    './package.json': './package.json',
+    './*': './*',
+  };
+  pkg.peerDependencies = { react: '>=18' };
+  pkg.peerDependenciesMeta = { react: { optional: true } };
 }
 pkg.files = [...files];
 fs.writeFileSync(manifestPath, JSON.stringify(pkg, null, 2) + '\n');

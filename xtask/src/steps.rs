@@ -167,6 +167,13 @@ pub const STEPS: &[Step] = &[
         ".",
         Cargo(&["test", "-p", "tidewire-client", "--features", "ts", "--lib"]),
     ),
+    Step::new(
+        "React bindings store unit tests (node --test client/react/)",
+        Native,
+        Some("client/react/store.test.mjs"),
+        ".",
+        Exec("node", &["--test", "client/react/"]),
+    ),
     // The benchmark's smoke: every target delivers, and a small reconnect storm over two worker
     // processes loses and duplicates nothing. Debug build of the workspace member `bench`, so
     // it reuses what "native tests" built; the servers are the debug `tidewire` and Node.
@@ -291,6 +298,22 @@ pub const STEPS: &[Step] = &[
         Browser,
         Some("tests/vite-app/package.json"),
         "tests/vite-app",
+        Exec("npm", &["test"]),
+    ),
+    // ---- SLOT: `tidewire/react` in a Vite + React 19 app (tests/react-app), and the unit
+    // tests of its React-free store (node --test client/react/).
+    Step::new(
+        "npm ci (tests/react-app)",
+        Browser,
+        Some("tests/react-app/package-lock.json"),
+        "tests/react-app",
+        NpmCi,
+    ),
+    Step::new(
+        "React bindings test (tests/react-app)",
+        Browser,
+        Some("tests/react-app/package.json"),
+        "tests/react-app",
         Exec("npm", &["test"]),
     ),
 ];
