@@ -14,8 +14,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tidewire_protocol::{AckError, ErrorCode, Item, Problem, ProtocolError};
 
-use crate::store::StoreError;
-
 /// What a client is told when the store failed. The driver's text (SQL, table names, file
 /// paths) stays in the server's log.
 const STORE_UNAVAILABLE: &str = "store unavailable: the database could not complete the request";
@@ -191,6 +189,46 @@ impl IntoResponse for Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         res
+    }
+}
+
+/// A store backend failed: the database did not answer, refused a statement, or ran out of
+/// space. Over HTTP it is `503 store_unavailable`.
+///
+/// Opaque: it keeps which backend failed and the driver's message (and the driver's error as
+/// its [`source`](std::error::Error::source)), but names no driver type, so the rest of the
+/// server does not depend on one. Each backend turns its driver's errors into this one.
+///
+/// ```
+/// use tidewire_server::store::StoreError;
+/// let io = std::io::Error::other("disk I/O error");
+/// let err = StoreError::new("sqlite", io);
+/// assert_eq!(err.backend(), "sqlite");
+/// assert_eq!(err.to_string(), "sqlite: disk I/O error");
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {source}")]
+pub struct StoreError {
+    backend: &'static str,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StoreError {
+    /// The error `source` of the backend named `backend` (`sqlite`, `postgres`).
+    pub fn new(
+        backend: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// The backend that failed.
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 }
 

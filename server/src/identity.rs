@@ -20,9 +20,18 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use ipnet::IpNet;
 
-use crate::auth::{Grant, COOKIE_NAME};
-use crate::state::Identify;
+use crate::auth::{Auth, Grant, COOKIE_NAME};
 use crate::{Error, Result};
+
+/// What the identity extractor needs: the JWT auth (when on) and the proxies whose
+/// `X-Forwarded-For` is believed.
+#[derive(Clone)]
+pub struct Identify {
+    /// JWT auth; `None`: open access.
+    pub auth: Option<Arc<Auth>>,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<[IpNet]>,
+}
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,24 +17,13 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
-use ipnet::IpNet;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::auth::Auth;
+pub use crate::identity::Identify;
 use crate::policy::Policy;
 use crate::service::Service;
 use crate::session::Sessions;
 use crate::shutdown::Shutdown;
-
-/// What the identity extractor needs: the JWT auth (when on) and the proxies whose
-/// `X-Forwarded-For` is believed.
-#[derive(Clone)]
-pub struct Identify {
-    /// JWT auth; `None`: open access.
-    pub auth: Option<Arc<Auth>>,
-    /// Load balancers whose `X-Forwarded-For` names the client.
-    pub trusted_proxies: Arc<[IpNet]>,
-}
 
 /// What the operations endpoints need.
 #[derive(Clone)]

@@ -21,6 +21,8 @@
 //! ```
 
 mod plan;
+
+pub use crate::error::StoreError;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -215,46 +217,6 @@ pub trait Store: Send + Sync + 'static {
     /// Removes events older than `cutoff_unix_ms` in every room and expired idempotency keys;
     /// answers how many events were removed.
     async fn trim_expired(&self, cutoff_unix_ms: i64) -> Result<u64>;
-}
-
-/// A store backend failed: the database did not answer, refused a statement, or ran out of
-/// space. Over HTTP it is `503 store_unavailable`.
-///
-/// Opaque: it keeps which backend failed and the driver's message (and the driver's error as
-/// its [`source`](std::error::Error::source)), but names no driver type, so the rest of the
-/// server does not depend on one. Each backend turns its driver's errors into this one.
-///
-/// ```
-/// use tidewire_server::store::StoreError;
-/// let io = std::io::Error::other("disk I/O error");
-/// let err = StoreError::new("sqlite", io);
-/// assert_eq!(err.backend(), "sqlite");
-/// assert_eq!(err.to_string(), "sqlite: disk I/O error");
-/// assert!(std::error::Error::source(&err).is_some());
-/// ```
-#[derive(Debug, thiserror::Error)]
-#[error("{backend}: {source}")]
-pub struct StoreError {
-    backend: &'static str,
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl StoreError {
-    /// The error `source` of the backend named `backend` (`sqlite`, `postgres`).
-    pub fn new(
-        backend: &'static str,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> StoreError {
-        StoreError {
-            backend,
-            source: source.into(),
-        }
-    }
-
-    /// The backend that failed.
-    pub fn backend(&self) -> &'static str {
-        self.backend
-    }
 }
 
 /// An integer column as a `seq`, version or count (never negative in the database).
