@@ -138,6 +138,21 @@ pub const STEPS: &[Step] = &[
         ]),
     ),
     Step::new(
+        "server with SQLite alone (tidewire-server --no-default-features --features sqlite)",
+        Lint,
+        None,
+        ".",
+        // A library user embedding the router may take one backend: it must build.
+        Cargo(&[
+            "check",
+            "-p",
+            "tidewire-server",
+            "--no-default-features",
+            "--features",
+            "sqlite",
+        ]),
+    ),
+    Step::new(
         "native tests",
         Native,
         None,
