@@ -100,6 +100,27 @@ pub struct Config {
     /// Events queued per connection before it counts as a slow consumer.
     #[arg(long, env = "TIDEWIRE_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
+    /// Bytes queued per connection before it counts as a slow consumer (with the count above,
+    /// whichever is reached first).
+    #[arg(long, env = "TIDEWIRE_MAX_QUEUE_BYTES", default_value_t = 4_194_304)]
+    pub max_queue_bytes: usize,
+    /// Largest broadcast `data`, in bytes of JSON.
+    #[arg(long, env = "TIDEWIRE_MAX_BROADCAST_BYTES", default_value_t = 65_536)]
+    pub max_broadcast_bytes: usize,
+    /// Largest presence `meta`, in bytes of JSON.
+    #[arg(
+        long,
+        env = "TIDEWIRE_MAX_PRESENCE_META_BYTES",
+        default_value_t = 4_096
+    )]
+    pub max_presence_meta_bytes: usize,
+    /// Origins (`https://app.example`) allowed to open a WebSocket, comma separated (default:
+    /// any). A browser sends `Origin` on every WebSocket upgrade; one not listed gets `403`.
+    #[arg(long, env = "TIDEWIRE_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+    /// Serve `/metrics` on this address only, not on `--listen` (keep it off the public port).
+    #[arg(long, env = "TIDEWIRE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest request body (and WebSocket frame), in bytes.
     #[arg(long, env = "TIDEWIRE_MAX_BODY_BYTES", default_value_t = 1_048_576)]
     pub max_body_bytes: usize,

@@ -18,6 +18,12 @@ use tidewire_protocol::{AckError, ErrorCode, Item, Problem, ProtocolError};
 /// paths) stays in the server's log.
 const STORE_UNAVAILABLE: &str = "store unavailable: the database could not complete the request";
 
+/// The detail of a `503` for a backend other than the store (the cause goes to the log).
+const BACKEND_UNAVAILABLE: &str = "a backend the server needs is unavailable; retry shortly";
+
+/// The detail of a `500` (the cause goes to the log).
+const INTERNAL: &str = "internal server error";
+
 /// Everything that can go wrong in the server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -136,6 +142,9 @@ impl Error {
     fn public_detail(&self) -> String {
         match self {
             Error::Store(_) => STORE_UNAVAILABLE.to_owned(),
+            // The cause is logged; what a client sees is short and stable.
+            Error::Unavailable(_) => BACKEND_UNAVAILABLE.to_owned(),
+            Error::Internal(_) | Error::Config(_) => INTERNAL.to_owned(),
             _ => self.to_string(),
         }
     }

@@ -4,7 +4,9 @@
 //! `--trusted-proxies` load balancer, by the address its `X-Forwarded-For` names: see
 //! [`client_ip`]), and may do anything. With a secret, [`ClientIdentity`]'s extractor takes the credentials a browser can
 //! send — `Authorization: Bearer <jwt>`, a single-use `?ticket=` from `POST /v1/tickets`, or
-//! the `tidewire_token` cookie — and [`authorize`] checks the token's room patterns.
+//! the `tidewire_token` cookie, which is taken **only** on `GET …/v1/sse` (the one request an
+//! `EventSource` makes, and one that changes nothing), so a cross-site page cannot ride it to
+//! write or to open a WebSocket — and [`authorize`] checks the token's room patterns.
 //!
 //! ```
 //! use tidewire_server::identity::{authorize, Access, ClientIdentity};
@@ -86,11 +88,15 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Whether a request carries any credentials (Bearer, `?ticket=`, cookie).
+/// Whether a request carries credentials other than the cookie (Bearer, `?ticket=`): the
+/// cookie counts only on the SSE stream.
 pub fn has_credentials(headers: &HeaderMap, query: Option<&str>) -> bool {
-    headers.contains_key(header::AUTHORIZATION)
-        || ticket(query).is_some()
-        || cookie(headers).is_some()
+    headers.contains_key(header::AUTHORIZATION) || ticket(query).is_some()
+}
+
+/// Whether the request is the SSE stream's `GET` (where, alone, the cookie is accepted).
+fn is_event_stream(parts: &Parts) -> bool {
+    parts.method == axum::http::Method::GET && parts.uri.path().ends_with("/v1/sse")
 }
 
 fn ticket(query: Option<&str>) -> Option<&str> {
@@ -126,7 +132,7 @@ where
             auth.verify(token)?
         } else if let Some(t) = ticket(parts.uri.query()) {
             auth.redeem(t).await?
-        } else if let Some(token) = cookie(&parts.headers) {
+        } else if let Some(token) = cookie(&parts.headers).filter(|_| is_event_stream(parts)) {
             auth.verify(token)?
         } else {
             return Err(Error::Unauthorized(

@@ -132,7 +132,12 @@ impl Server {
             config.write_rate,
             config.write_burst,
         ));
-        let policy = Policy::new(service.clone(), limits, config.max_item_bytes);
+        let sizes = policy::Sizes {
+            item: config.max_item_bytes,
+            broadcast: config.max_broadcast_bytes,
+            presence_meta: config.max_presence_meta_bytes,
+        };
+        let policy = Policy::new(service.clone(), limits, sizes);
         let shutdown = Arc::new(Shutdown::new(config.drain_window()));
         let sessions = Arc::new(Sessions::new(
             service.clone(),
@@ -167,6 +172,11 @@ impl Server {
     /// `into_make_service_with_connect_info::<SocketAddr>()` so limits are per peer address.
     pub fn router(&self) -> Router {
         routes::router(self.state.clone(), &self.config)
+    }
+
+    /// `GET /metrics` alone, for a separate listener (`--metrics-listen`).
+    pub fn metrics_router(&self) -> Router {
+        routes::ops::metrics_router(self.state.ops.clone())
     }
 
     /// Starts draining: `/healthz` answers 503, every connection is told to reconnect.

@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let backlog = config.listen_backlog;
     let user_timeout = config.idle_timeout();
     let drain = config.drain_window();
+    let metrics_listen = config.metrics_listen;
     let server = match Server::new(config).await {
         Ok(s) => s,
         Err(err) => {
@@ -45,6 +46,14 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
     tracing::info!(%addr, "listening");
+    if let Some(at) = metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(at)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {at} for /metrics: {e}"))?;
+        tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
+        let app = server.metrics_router();
+        tokio::spawn(async move { axum::serve(metrics, app).await });
+    }
     let draining = server.clone();
     let options = serve::Options {
         tcp_user_timeout: Some(user_timeout),

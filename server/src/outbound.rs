@@ -73,6 +73,15 @@ pub enum Outbound {
     Message(Utf8Bytes),
 }
 
+impl Outbound {
+    /// Bytes of payload it holds.
+    pub fn size(&self) -> usize {
+        match self {
+            Outbound::Durable { payload, .. } | Outbound::Message(payload) => payload.len(),
+        }
+    }
+}
+
 /// The outcome of [`Outbox::push`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -87,12 +96,20 @@ pub enum Push {
 /// Above this many slots an emptied queue gives its memory back.
 const KEEP_SLOTS: usize = 64;
 
+/// What is queued, and its payload bytes.
+#[derive(Debug, Default)]
+struct Queued {
+    items: VecDeque<Outbound>,
+    bytes: usize,
+}
+
 /// The queue itself: it grows with what is queued (an idle connection holds no slots) up to
-/// `capacity`.
+/// `capacity` items and `max_bytes` of payload.
 #[derive(Debug)]
 struct State {
-    items: Mutex<VecDeque<Outbound>>,
+    items: Mutex<Queued>,
     capacity: usize,
+    max_bytes: usize,
     /// The reader waiting for an item.
     reader: AtomicWaker,
     slow: AtomicBool,
@@ -105,7 +122,7 @@ struct State {
 }
 
 impl State {
-    fn items(&self) -> MutexGuard<'_, VecDeque<Outbound>> {
+    fn items(&self) -> MutexGuard<'_, Queued> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -118,10 +135,13 @@ impl State {
         if self.is_slow() {
             return None;
         }
-        let mut items = self.items();
-        let item = items.pop_front();
-        if items.is_empty() && items.capacity() > KEEP_SLOTS {
-            *items = VecDeque::new();
+        let mut queued = self.items();
+        let item = queued.items.pop_front();
+        if let Some(item) = &item {
+            queued.bytes -= item.size();
+        }
+        if queued.items.is_empty() && queued.items.capacity() > KEEP_SLOTS {
+            queued.items = VecDeque::new();
         }
         item
     }
@@ -141,19 +161,25 @@ pub struct Inbox {
 
 /// A queue holding at most `capacity` items.
 pub fn queue(capacity: usize) -> (Outbox, Inbox) {
-    new_queue(capacity, None)
+    new_queue(capacity, usize::MAX, None)
 }
 
-/// A queue holding at most `capacity` items whose overflow counts as a slow-consumer cut of
-/// `transport` (counted when it is decided, not when the client next reads).
-pub fn queue_for(capacity: usize, transport: TransportKind) -> (Outbox, Inbox) {
-    new_queue(capacity, Some(transport))
+/// A queue holding at most `capacity` items and `max_bytes` of payload, whose overflow counts
+/// as a slow-consumer cut of `transport` (counted when it is decided, not when the client
+/// next reads).
+pub fn queue_for(capacity: usize, max_bytes: usize, transport: TransportKind) -> (Outbox, Inbox) {
+    new_queue(capacity, max_bytes, Some(transport))
 }
 
-fn new_queue(capacity: usize, transport: Option<TransportKind>) -> (Outbox, Inbox) {
+fn new_queue(
+    capacity: usize,
+    max_bytes: usize,
+    transport: Option<TransportKind>,
+) -> (Outbox, Inbox) {
     let state = Arc::new(State {
-        items: Mutex::new(VecDeque::new()),
+        items: Mutex::default(),
         capacity: capacity.max(1),
+        max_bytes,
         reader: AtomicWaker::new(),
         slow: AtomicBool::new(false),
         closed: AtomicBool::new(false),
@@ -179,10 +205,15 @@ impl Outbox {
             return Push::Closed;
         }
         {
-            let mut items = state.items();
-            if items.len() < state.capacity {
-                items.push_back(item);
-                drop(items);
+            let mut queued = state.items();
+            let size = item.size();
+            // One item always fits, however large: the byte bound is about what piles up.
+            let fits =
+                queued.items.is_empty() || queued.bytes.saturating_add(size) <= state.max_bytes;
+            if queued.items.len() < state.capacity && fits {
+                queued.items.push_back(item);
+                queued.bytes += size;
+                drop(queued);
                 state.reader.wake();
                 return Push::Queued;
             }
@@ -258,7 +289,7 @@ impl Inbox {
 impl Drop for Inbox {
     fn drop(&mut self) {
         self.state.closed.store(true, Ordering::Release);
-        self.state.items().clear();
+        *self.state.items() = Queued::default();
     }
 }
 
@@ -320,6 +351,26 @@ mod tests {
             .unwrap();
         assert_eq!(first, Some(Outbound::Message("a".into())));
         assert!(second.is_none() || second == Some(Outbound::Message("b".into())));
+    }
+
+    #[tokio::test]
+    async fn bounded_by_bytes_as_well_as_count() {
+        let (outbox, mut inbox) = queue_for(100, 10, TransportKind::Ws);
+        let six = || Outbound::Message("123456".into());
+        assert_eq!(outbox.push(six()), Push::Queued);
+        assert_eq!(outbox.push(Outbound::Message("1234".into())), Push::Queued);
+        assert_eq!(inbox.try_recv(), Some(six()), "reading frees its bytes");
+        assert_eq!(outbox.push(six()), Push::Queued, "4 + 6 fit again");
+        assert_eq!(
+            outbox.push(Outbound::Message("x".into())),
+            Push::Slow,
+            "11 > 10"
+        );
+        assert!(inbox.is_slow());
+        // Alone, an item larger than the bound is still delivered.
+        let (outbox, mut inbox) = queue_for(100, 3, TransportKind::Sse);
+        assert_eq!(outbox.push(six()), Push::Queued);
+        assert_eq!(inbox.try_recv(), Some(six()));
     }
 
     #[tokio::test]

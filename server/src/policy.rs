@@ -1,7 +1,8 @@
 //! The one write policy: every write a client makes, over REST or a WebSocket frame, goes
 //! **authorize → rate limit → size → write**, in that order, here and nowhere else.
-//! Broadcasts follow the same policy (authorize, their own name and size rules) before they
-//! reach the bus.
+//! Broadcasts and presence frames follow the same policy (authorize, counted by the same rate
+//! limiter, their own size limits) before they reach the bus, so no frame a client sends is
+//! free.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -12,7 +13,8 @@
 //! let store = Arc::new(SqliteStore::open("sqlite::memory:", Retention::default()).await.unwrap());
 //! let presence = Arc::new(MemoryPresence::new(std::time::Duration::from_secs(5), std::time::Duration::from_secs(60)));
 //! let service = Arc::new(Service::new(store, Arc::new(MemoryBus::new()), presence));
-//! let policy = Policy::new(service, Arc::new(Limits::new(8, 100, 100)), 10);
+//! let sizes = tidewire_server::policy::Sizes { item: 10, broadcast: 10, presence_meta: 10 };
+//! let policy = Policy::new(service, Arc::new(Limits::new(8, 100, 100)), sizes);
 //! let who = ClientIdentity::anonymous("127.0.0.1");
 //! let put = |v: serde_json::Value| WriteRequest::new("r", WriteOp::Put { id: "x".into(), value: v });
 //! assert!(policy.write(&who, put(serde_json::json!(1))).await.is_ok());
@@ -34,22 +36,40 @@ use crate::{Error, Result};
 /// Longest broadcast event name.
 const MAX_BROADCAST_EVENT: usize = 64;
 
+/// Size limits, in bytes of compact JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct Sizes {
+    /// An item's value.
+    pub item: usize,
+    /// A broadcast's `data`.
+    pub broadcast: usize,
+    /// A presence member's `meta`.
+    pub presence_meta: usize,
+}
+
 /// The write policy of one server (cheap to clone).
 #[derive(Clone)]
 pub struct Policy {
     service: Arc<Service>,
     limits: Arc<Limits>,
-    max_item_bytes: usize,
+    sizes: Sizes,
+}
+
+fn check_size(value: &Value, limit: usize) -> Result<()> {
+    let size = json_len(value);
+    if size > limit {
+        return Err(Error::PayloadTooLarge { size, limit });
+    }
+    Ok(())
 }
 
 impl Policy {
-    /// Writes through `service`, rate limited by `limits`, items at most `max_item_bytes` of
-    /// JSON.
-    pub fn new(service: Arc<Service>, limits: Arc<Limits>, max_item_bytes: usize) -> Policy {
+    /// Writes through `service`, rate limited by `limits`, within `sizes`.
+    pub fn new(service: Arc<Service>, limits: Arc<Limits>, sizes: Sizes) -> Policy {
         Policy {
             service,
             limits,
-            max_item_bytes,
+            sizes,
         }
     }
 
@@ -64,19 +84,34 @@ impl Policy {
         authorize(who, &req.room, Access::Write)?;
         self.limits.check_write(&who.key)?;
         if let WriteOp::Put { value, .. } = &req.op {
-            let size = json_len(value);
-            if size > self.max_item_bytes {
-                return Err(Error::PayloadTooLarge {
-                    size,
-                    limit: self.max_item_bytes,
-                });
-            }
+            check_size(value, self.sizes.item)?;
         }
-        self.service.write(req).await
+        let room = req.room.clone();
+        self.service.write(req).await.map_err(|err| match err {
+            // The current item tells what the room holds: only for those who may read it.
+            Error::VersionConflict { detail, .. }
+                if authorize(who, &room, Access::Read).is_err() =>
+            {
+                Error::VersionConflict {
+                    detail,
+                    current: None,
+                }
+            }
+            other => other,
+        })
     }
 
-    /// Authorizes `who` to write `room`, checks the event name, then sends the broadcast to
-    /// the room's subscribers other than connection `origin` (whose client id is `from`).
+    /// Authorizes `who` to announce itself in `room` with `meta`: allowed to write the room,
+    /// counted by the rate limiter, `meta` within its size limit.
+    pub fn check_presence(&self, who: &ClientIdentity, room: &str, meta: &Value) -> Result<()> {
+        authorize(who, room, Access::Write)?;
+        self.limits.check_write(&who.key)?;
+        check_size(meta, self.sizes.presence_meta)
+    }
+
+    /// Authorizes `who` to write `room`, checks the event name, counts it against the rate,
+    /// checks the size of `data`, then sends the broadcast to the room's subscribers other
+    /// than connection `origin` (whose client id is `from`).
     pub async fn broadcast(
         &self,
         who: &ClientIdentity,
@@ -92,6 +127,8 @@ impl Policy {
                 "broadcast `event` must be 1 to {MAX_BROADCAST_EVENT} characters"
             )));
         }
+        self.limits.check_write(&who.key)?;
+        check_size(&data, self.sizes.broadcast)?;
         self.service
             .broadcast(room, origin, from, event, data)
             .await

@@ -426,6 +426,9 @@ async fn sse_presence_events_with_presence_flag() {
     let (_, state) = sse.next_data().await.unwrap();
     assert_eq!(state["type"], "presence.state");
     let mut a = ws(&addr, "?client_id=cy").await;
+    // Presence is joined in a room the connection follows.
+    send(&mut a, json!({"type":"subscribe","ref":"0","rooms":["pp"]})).await;
+    assert_eq!(recv(&mut a).await["ok"], true);
     send(
         &mut a,
         json!({"type":"presence","ref":"1","room":"pp","meta":{"c":"red"}}),

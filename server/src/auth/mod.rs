@@ -195,16 +195,20 @@ impl Auth {
 
     /// Verifies a token: `token_expired` past `exp`, `unauthorized` for anything else wrong.
     pub fn verify(&self, token: &str) -> Result<Arc<Grant>> {
-        let data =
-            decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => Error::TokenExpired,
-                    ErrorKind::InvalidSignature => {
-                        Error::Unauthorized("the token's signature is not valid".into())
-                    }
-                    _ => Error::Unauthorized(format!("the token is not valid: {e}")),
+        let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::ExpiredSignature => Error::TokenExpired,
+                ErrorKind::InvalidSignature => {
+                    Error::Unauthorized("the token's signature is not valid".into())
                 }
-            })?;
+                _ => {
+                    // The library's words (`Base64 error`, `InvalidAlgorithm`) go to the
+                    // log; the client gets one stable detail.
+                    tracing::debug!(error = %e, "a token was refused");
+                    Error::Unauthorized("the token is not valid".into())
+                }
+            }
+        })?;
         let c = data.claims;
         let grant = Grant {
             subject: c.sub,

@@ -23,11 +23,30 @@ struct Entry {
     last_seen: Instant,
 }
 
+/// The presence table and its index by connection.
+#[derive(Default)]
+struct Table {
+    rooms: HashMap<String, BTreeMap<String, Entry>>,
+    /// Which `(room, client_id)` members each connection holds, so `touch` visits only those.
+    by_conn: HashMap<String, HashSet<(String, String)>>,
+}
+
+impl Table {
+    fn unindex(&mut self, conn: &str, room: &str, client_id: &str) {
+        if let Some(held) = self.by_conn.get_mut(conn) {
+            held.remove(&(room.to_owned(), client_id.to_owned()));
+            if held.is_empty() {
+                self.by_conn.remove(conn);
+            }
+        }
+    }
+}
+
 /// In-memory presence.
 pub struct MemoryPresence {
     grace: Duration,
     ttl: Duration,
-    rooms: Mutex<HashMap<String, BTreeMap<String, Entry>>>,
+    table: Mutex<Table>,
 }
 
 impl MemoryPresence {
@@ -36,20 +55,25 @@ impl MemoryPresence {
         MemoryPresence {
             grace,
             ttl,
-            rooms: Mutex::new(HashMap::new()),
+            table: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Entry>>> {
-        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 #[async_trait]
 impl Presence for MemoryPresence {
     async fn join(&self, room: &str, conn: &str, member: Member) -> Result<bool> {
-        let mut rooms = self.lock();
-        let members = rooms.entry(room.to_owned()).or_default();
+        let mut table = self.lock();
+        table
+            .by_conn
+            .entry(conn.to_owned())
+            .or_default()
+            .insert((room.to_owned(), member.client_id.clone()));
+        let members = table.rooms.entry(room.to_owned()).or_default();
         let now = Instant::now();
         match members.get_mut(&member.client_id) {
             Some(e) => {
@@ -76,8 +100,9 @@ impl Presence for MemoryPresence {
     }
 
     async fn leave(&self, room: &str, conn: &str, client_id: &str) -> Result<()> {
-        let mut rooms = self.lock();
-        if let Some(e) = rooms.get_mut(room).and_then(|m| m.get_mut(client_id)) {
+        let mut table = self.lock();
+        table.unindex(conn, room, client_id);
+        if let Some(e) = table.rooms.get_mut(room).and_then(|m| m.get_mut(client_id)) {
             e.conns.remove(conn);
             if e.conns.is_empty() && e.gone_since.is_none() {
                 e.gone_since = Some(Instant::now());
@@ -88,11 +113,11 @@ impl Presence for MemoryPresence {
 
     async fn touch(&self, conn: &str) -> Result<()> {
         let now = Instant::now();
-        for members in self.lock().values_mut() {
-            for e in members.values_mut() {
-                if e.conns.contains(conn) {
-                    e.last_seen = now;
-                }
+        let mut table = self.lock();
+        let Table { rooms, by_conn } = &mut *table;
+        for (room, client_id) in by_conn.get(conn).into_iter().flatten() {
+            if let Some(e) = rooms.get_mut(room).and_then(|m| m.get_mut(client_id)) {
+                e.last_seen = now;
             }
         }
         Ok(())
@@ -101,6 +126,7 @@ impl Presence for MemoryPresence {
     async fn members(&self, room: &str) -> Result<Vec<Member>> {
         Ok(self
             .lock()
+            .rooms
             .get(room)
             .map(|m| m.values().map(|e| e.member.clone()).collect())
             .unwrap_or_default())
@@ -109,18 +135,24 @@ impl Presence for MemoryPresence {
     async fn reap(&self) -> Result<Vec<(String, Member)>> {
         let now = Instant::now();
         let mut gone = Vec::new();
-        let mut rooms = self.lock();
-        for (room, members) in rooms.iter_mut() {
+        let mut unheld = Vec::new();
+        let mut table = self.lock();
+        for (room, members) in table.rooms.iter_mut() {
             members.retain(|_, e| {
                 let expired = e.gone_since.is_some_and(|t| now >= t + self.grace)
                     || now >= e.last_seen + self.ttl;
                 if expired {
                     gone.push((room.clone(), e.member.clone()));
+                    let id = &e.member.client_id;
+                    unheld.extend(e.conns.drain().map(|c| (c, room.clone(), id.clone())));
                 }
                 !expired
             });
         }
-        rooms.retain(|_, m| !m.is_empty());
+        table.rooms.retain(|_, m| !m.is_empty());
+        for (conn, room, client_id) in &unheld {
+            table.unindex(conn, room, client_id);
+        }
         Ok(gone)
     }
 }

@@ -44,7 +44,6 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/tickets", axum::routing::post(tickets::tickets))
         .route("/v1", axum::routing::any(not_found))
         .route("/v1/{*rest}", axum::routing::any(not_found))
-        .route("/metrics", get(ops::metrics))
         .route("/healthz", get(ops::healthz))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -56,10 +55,31 @@ pub fn router(state: AppState, config: &Config) -> Router {
                 },
             ),
         );
-    api.nest_service("/pkg", ServeDir::new(&config.pkg_dir))
+    // With `--metrics-listen`, `/metrics` is served there only.
+    let api = match config.metrics_listen {
+        None => api.route("/metrics", get(ops::metrics)),
+        Some(_) => api,
+    };
+    let statics = Router::new()
+        .nest_service("/pkg", ServeDir::new(&config.pkg_dir))
         .fallback_service(ServeDir::new(&config.www_dir))
+        .layer(axum::middleware::from_fn(no_dotfiles));
+    api.merge(statics)
         .layer(cors(&config.cors_origin))
         .with_state(state)
+}
+
+/// Refuses static paths with a segment starting with `.` (`/.env`, `/pkg/.wasm-optimized`):
+/// files a deployment did not mean to publish.
+async fn no_dotfiles(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.uri().path().split('/').any(|seg| seg.starts_with('.')) {
+        return Error::NotFound("no such file".into()).into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> Error {

@@ -10,6 +10,13 @@ use axum::response::IntoResponse;
 
 use crate::state::Ops;
 
+/// A router serving only `GET /metrics`, for a listener of its own (`--metrics-listen`).
+pub fn metrics_router(ops: Ops) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .with_state(ops)
+}
+
 /// Prometheus text.
 pub async fn metrics(State(state): State<Ops>) -> impl IntoResponse {
     (

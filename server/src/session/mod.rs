@@ -63,6 +63,10 @@ pub struct Ready {
 pub struct Settings {
     /// Capacity of each connection's outbound queue.
     pub queue_capacity: usize,
+    /// Most payload bytes queued for one connection.
+    pub max_queue_bytes: usize,
+    /// Origins allowed to open a WebSocket (empty: any).
+    pub allowed_origins: Vec<String>,
     /// Most rooms one connection follows.
     pub max_rooms_per_connection: usize,
     /// Heartbeat interval (SSE comments, WebSocket pings).
@@ -80,6 +84,8 @@ impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             queue_capacity: config.queue_capacity,
+            max_queue_bytes: config.max_queue_bytes,
+            allowed_origins: config.allowed_origin.clone(),
             max_rooms_per_connection: config.max_rooms_per_connection,
             heartbeat: config.heartbeat(),
             idle_timeout: config.idle_timeout(),
@@ -198,7 +204,11 @@ impl Session {
             return Err(Error::ShuttingDown);
         }
         let guard = state.limits.connect(&identity.key)?;
-        let (outbox, inbox) = queue_for(state.settings.queue_capacity, transport);
+        let (outbox, inbox) = queue_for(
+            state.settings.queue_capacity,
+            state.settings.max_queue_bytes,
+            transport,
+        );
         let id: Arc<str> = ulid::Ulid::generate().to_string().into();
         let client_id = match client_id {
             Some(c) if !c.is_empty() => {
@@ -436,7 +446,29 @@ impl Session {
     /// Joins (or updates) this connection's member in `room`'s presence set.
     pub async fn join_presence(&mut self, room: &str, meta: serde_json::Value) -> Result<()> {
         tidewire_protocol::validate_room(room)?;
-        authorize(&self.identity, room, Access::Write)?;
+        self.sessions
+            .policy
+            .check_presence(&self.identity, room, &meta)?;
+        if self.cursor.get(room).is_none() {
+            // Presence is bounded by the rooms a connection may follow.
+            return Err(Error::BadRequest(format!(
+                "join presence in a room you subscribed to: not subscribed to `{room}`"
+            )));
+        }
+        if self.identity.subject.is_some() {
+            // A client id is held by the user who joined with it first: another user cannot
+            // take over (or impersonate) that member.
+            let members = self.sessions.service.members(room).await?;
+            if members
+                .iter()
+                .any(|m| m.client_id == self.client_id && m.user != self.identity.subject)
+            {
+                return Err(Error::Forbidden(format!(
+                    "client_id `{}` is held by another user in `{room}`",
+                    self.client_id
+                )));
+            }
+        }
         let member = tidewire_protocol::Member {
             client_id: self.client_id.clone(),
             user: self.identity.subject.clone(),

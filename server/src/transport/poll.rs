@@ -1,6 +1,7 @@
 //! `GET /v1/poll?rooms=a,b&since=<cursor>&wait=25` — long-poll. Answers at once when there are
 //! durable events after the cursor (at most 1000), otherwise waits up to `wait` seconds for
-//! one; always answers the next cursor. A position the log no longer holds answers a `resync`
+//! one; always answers the next cursor. A wait cut short by the server draining answers a
+//! `reconnect` envelope with a jittered `retry_ms`, as SSE and WebSocket clients get. A position the log no longer holds answers a `resync`
 //! envelope for that room and moves the cursor to its head.
 //!
 //! ```text
@@ -18,7 +19,7 @@ use tidewire_protocol::{Cursor, Envelope, PollResponse};
 
 use crate::identity::ClientIdentity;
 use crate::outbound::{Outbound, TransportKind};
-use crate::session::{parse_rooms, Sessions};
+use crate::session::{parse_rooms, Ready, Sessions};
 use crate::{Error, Result};
 
 /// Most events in one answer.
@@ -73,7 +74,13 @@ pub async fn handler(
         while payloads.is_empty() {
             tokio::select! {
                 _ = &mut deadline => break,
-                _ = &mut draining => break,
+                _ = &mut draining => {
+                    // A waiting client is told when to come back, spread over the drain
+                    // window like every other transport's clients.
+                    let env = state.shutdown().reconnect_envelope();
+                    payloads.push(Ready { payload: env.into(), id: None });
+                    break;
+                }
                 item = session.inbox.recv() => {
                     let Some(item) = item else { break };
                     let mut batch = vec![item];

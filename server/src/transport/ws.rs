@@ -59,6 +59,7 @@ pub async fn handler(
     ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
+    check_origin(&headers, &state.settings().allowed_origins)?;
     let ws = ws.map_err(|e| {
         Error::BadRequest(format!(
             "{}: connect with a WebSocket client",
@@ -92,6 +93,26 @@ pub async fn handler(
     // Boxed, and the socket with it once upgraded: the connection's task then holds pointers.
     let session = Box::new(state.open(identity, TransportKind::Ws, q.client_id)?);
     Ok(ws.on_upgrade(move |socket| run(Conn::boxed(socket, session))))
+}
+
+/// With `--allowed-origin`, a WebSocket whose `Origin` is not listed is refused: a browser
+/// always sends `Origin` on an upgrade, so another site's page cannot open one. Clients that
+/// are not browsers send none and are not affected.
+fn check_origin(headers: &axum::http::HeaderMap, allowed: &[String]) -> Result<()> {
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+        return Ok(());
+    }
+    let origin = origin.to_str().unwrap_or("");
+    if allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
+        return Ok(());
+    }
+    Err(Error::Forbidden(format!(
+        "WebSocket from origin `{}` is not allowed (--allowed-origin)",
+        origin.chars().take(100).collect::<String>()
+    )))
 }
 
 async fn close_socket(socket: &mut WebSocket, err: &Error) {

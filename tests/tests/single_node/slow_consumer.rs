@@ -27,7 +27,8 @@ async fn slow_websocket_is_closed_with_4002_and_resumes() {
     let server = start(
         Server::builder()
             .unlimited_writes()
-            .flag("queue-capacity", 64),
+            .flag("queue-capacity", 64)
+            .flag("max-broadcast-bytes", 2 * BROADCAST_BYTES),
     );
     let rest = server.rest();
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");

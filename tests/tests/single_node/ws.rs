@@ -198,6 +198,9 @@ async fn presence_join_shows_and_leave_comes_after_the_grace() {
     let mut ada = WsClient::connect(&server.ws_url(), Some("ada"))
         .await
         .expect("ws");
+    ada.subscribe(&["lobby"], None, false)
+        .await
+        .expect("subscribe");
     ada.presence("lobby", json!({"name": "Ada"}))
         .await
         .expect("presence");
@@ -249,6 +252,9 @@ async fn presence_join_shows_and_leave_comes_after_the_grace() {
     let mut bo = WsClient::connect(&server.ws_url(), Some("bo"))
         .await
         .expect("ws");
+    bo.subscribe(&["lobby"], None, false)
+        .await
+        .expect("subscribe");
     bo.presence("lobby", json!({"name": "Bo"}))
         .await
         .expect("presence");
@@ -260,6 +266,9 @@ async fn presence_join_shows_and_leave_comes_after_the_grace() {
     let mut bo = WsClient::connect(&server.ws_url(), Some("bo"))
         .await
         .expect("ws");
+    bo.subscribe(&["lobby"], None, false)
+        .await
+        .expect("subscribe");
     bo.presence("lobby", json!({"name": "Bo"}))
         .await
         .expect("presence");
