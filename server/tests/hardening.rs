@@ -295,35 +295,30 @@ async fn a_write_only_token_learns_nothing_from_a_conflict() {
     assert!(writer.get("current").is_none(), "{writer}");
 }
 
+/// Opens a WebSocket as client `tab1`, authenticates with `token` in the first frame (as the
+/// SDK does without a ticket), subscribes to `r` and answers the socket and the ack of joining
+/// its presence.
+async fn join_as(addr: &str, token: String) -> (Ws, Value) {
+    let mut ws = ws(addr, "client_id=tab1").await;
+    let authed = call(&mut ws, json!({"type":"auth","ref":"a","token":token})).await;
+    assert_eq!(authed["ok"], true, "{authed}");
+    subscribe(&mut ws, "r").await;
+    let ack = call(
+        &mut ws,
+        json!({"type":"presence","ref":"p","room":"r","meta":{"me":"alice"}}),
+    )
+    .await;
+    (ws, ack)
+}
+
 #[tokio::test]
 async fn another_user_cannot_take_over_a_presence_member() {
     let (addr, _s) = start(|c| c.jwt_secret = Some(SECRET.into())).await;
     let t1 = token("alice", &["r"], &["r"]);
     let t2 = token("mallory", &["r"], &["r"]);
-    // Authenticate with the first frame, as the SDK does without a ticket.
-    let mut alice = ws(&addr, "client_id=tab1").await;
-    assert_eq!(
-        call(&mut alice, json!({"type":"auth","ref":"a","token":t1})).await["ok"],
-        true
-    );
-    subscribe(&mut alice, "r").await;
-    let joined = call(
-        &mut alice,
-        json!({"type":"presence","ref":"p","room":"r","meta":{"me":"alice"}}),
-    )
-    .await;
+    let (_alice, joined) = join_as(&addr, t1).await;
     assert_eq!(joined["ok"], true, "{joined}");
-    let mut mallory = ws(&addr, "client_id=tab1").await;
-    assert_eq!(
-        call(&mut mallory, json!({"type":"auth","ref":"a","token":t2})).await["ok"],
-        true
-    );
-    subscribe(&mut mallory, "r").await;
-    let taken = call(
-        &mut mallory,
-        json!({"type":"presence","ref":"p","room":"r","meta":{"me":"alice"}}),
-    )
-    .await;
+    let (_mallory, taken) = join_as(&addr, t2).await;
     assert_eq!(taken["error"]["code"], "forbidden", "{taken}");
 }
 
