@@ -36,6 +36,15 @@ pub enum Command {
     Serve(Box<Config>),
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Every setting of the server, with its flag and `TIDEWIRE_*` variable.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -118,6 +127,13 @@ pub struct Config {
     /// any). A browser sends `Origin` on every WebSocket upgrade; one not listed gets `403`.
     #[arg(long, env = "TIDEWIRE_ALLOWED_ORIGIN", value_delimiter = ',')]
     pub allowed_origin: Vec<String>,
+    /// Log level and filter (`info`, `tidewire_server=debug`, …); `RUST_LOG` when not given.
+    #[arg(long, env = "TIDEWIRE_LOG")]
+    pub log: Option<String>,
+    /// Log lines as `text` (plain when stderr is not a terminal, coloured when it is) or
+    /// `json` (one object per line, for log collectors).
+    #[arg(long, env = "TIDEWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Serve `/metrics` on this address only, not on `--listen` (keep it off the public port).
     #[arg(long, env = "TIDEWIRE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

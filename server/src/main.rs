@@ -5,26 +5,21 @@
 //! tidewire listening on http://127.0.0.1:41234
 //! ```
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tidewire_server::config::{Cli, Command};
+use tidewire_server::config::{Cli, Command, LogFormat};
 use tidewire_server::{serve, shutdown, Server};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let Cli { command } = Cli::parse();
     let Command::Serve(config) = command;
     let config = *config;
+    init_logs(config.log.as_deref(), config.log_format);
     let listen = config.listen;
     let backlog = config.listen_backlog;
     let user_timeout = config.idle_timeout();
@@ -73,6 +68,23 @@ async fn main() -> anyhow::Result<()> {
     .await;
     tracing::info!("drained; bye");
     Ok(())
+}
+
+/// Logs to stderr at the level `--log` (or `RUST_LOG`, or `info`) names: plain text when
+/// stderr is not a terminal (no colour codes in files and collectors), JSON lines with
+/// `--log-format json`.
+fn init_logs(level: Option<&str>, format: LogFormat) {
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// A listening socket with room for `backlog` connections waiting to be accepted (the kernel

@@ -161,3 +161,31 @@ async fn the_listen_backlog_is_the_configured_one() {
     let small = start(Server::builder().flag("listen-backlog", 100));
     assert_eq!(backlog_of(&small), 100);
 }
+
+/// Logs piped to a file carry no colour codes; `--log-format json` writes one JSON object
+/// per line; `--log` sets the level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_when_piped_and_json_on_request() {
+    let plain = start(Server::builder().flag("log", "debug"));
+    plain.rest().snapshot("logged").await.expect("snapshot");
+    let text = plain.log();
+    assert!(text.contains("listening"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI escapes in a pipe: {text:?}"
+    );
+    assert!(text.contains("DEBUG"), "--log debug: {text}");
+
+    let json = start(Server::builder().flag("log-format", "json"));
+    json.rest().snapshot("logged").await.expect("snapshot");
+    let lines: Vec<String> = json.log().lines().map(str::to_owned).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.contains("listening")));
+}
