@@ -189,3 +189,25 @@ async fn logs_are_plain_when_piped_and_json_on_request() {
     }
     assert!(lines.iter().any(|l| l.contains("listening")));
 }
+
+/// A server that has done nothing yet already lists every series it exports (at zero, with
+/// `# HELP` and `# TYPE`), and latencies are histograms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_server_lists_every_metric_from_the_first_scrape() {
+    let server = start(Server::builder());
+    let page = server.rest().metrics().await.expect("metrics");
+    for s in tidewire_server::metrics::SERIES {
+        assert!(
+            page.contains(&format!("# HELP {} ", s.name)),
+            "{}:\n{page}",
+            s.name
+        );
+        let (label, values) = s.labels;
+        for v in values {
+            let sample = format!("{}{{{label}=\"{v}\"}} 0", s.name);
+            assert!(page.contains(&sample), "{sample}:\n{page}");
+        }
+    }
+    assert!(page.contains("# TYPE tidewire_write_latency_seconds histogram"));
+    assert!(!page.contains("quantile="), "no summaries:\n{page}");
+}
