@@ -39,7 +39,10 @@ pub async fn handler(
 ) -> Result<Json<PollResponse>> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
     let rooms = parse_rooms(q.rooms.as_deref(), state.config.max_rooms_per_connection)?;
-    let since: Cursor = q.since.as_deref().unwrap_or("").parse()?;
+    let since = Cursor::parse_limited(
+        q.since.as_deref().unwrap_or(""),
+        state.config.max_rooms_per_connection,
+    )?;
     let wait = match q.wait.as_deref() {
         None => 25,
         Some(w) => match w.parse::<u64>() {

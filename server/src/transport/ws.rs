@@ -541,12 +541,13 @@ fn reference_of(text: &str) -> Option<String> {
 async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
     conn.session.touch().await;
     let state = conn.session.state.clone();
-    let frame = match ClientFrame::decode_limited(
+    // The `since` of a subscribe is parsed (and bounded) once, by the decoder.
+    let (frame, parsed_since) = match ClientFrame::decode_limited_with_cursor(
         text,
         state.config.max_body_bytes,
         state.config.max_rooms_per_connection,
     ) {
-        Ok(f) => f,
+        Ok(decoded) => decoded,
         Err(err) => {
             let frame = ServerFrame::Error {
                 r#ref: reference_of(text),
@@ -566,12 +567,9 @@ async fn handle_frame(conn: &mut Conn, text: &str) -> Result<bool> {
     };
     match frame {
         ClientFrame::Subscribe {
-            rooms,
-            since,
-            presence,
-            ..
+            rooms, presence, ..
         } => {
-            let since: Cursor = since.as_deref().unwrap_or("").parse()?;
+            let since = parsed_since.unwrap_or_default();
             let first = match conn.session.follow(&rooms, &since, presence).await {
                 Ok(first) => first,
                 Err(err) => return Ok(conn.feed_frame(ack(Err(err))).await),
