@@ -29,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
     let backlog = config.listen_backlog;
     let user_timeout = config.idle_timeout();
     let drain = config.drain_window();
+    let options = serve::Options {
+        tcp_user_timeout: Some(user_timeout),
+        ..serve::Options::from_config(&config)
+    };
     let server = match Server::new(config).await {
         Ok(s) => s,
         Err(err) => {
@@ -46,10 +50,6 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(%addr, "listening");
     let draining = server.clone();
-    let options = serve::Options {
-        tcp_user_timeout: Some(user_timeout),
-        ..serve::Options::default()
-    };
     serve::serve(listener, server.router(), options, async move {
         shutdown::signal().await;
         tracing::info!("shutting down: telling clients to reconnect, draining");

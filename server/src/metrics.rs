@@ -10,6 +10,9 @@
 //! | `tidewire_replays_total`, `tidewire_resyncs_total` | counter | |
 //! | `tidewire_bus_duplicates_total`, `tidewire_bus_gaps_filled_total` | counter | |
 //! | `tidewire_write_latency_seconds`, `tidewire_write_batch_size` | summary | |
+//! | `tidewire_tcp_connections` | gauge | |
+//! | `tidewire_connections_refused_total` | counter | `reason`: `per_address`, `global` |
+//! | `tidewire_connections_timed_out_total` | counter | `reason`: `first_bytes`, `header`, `idle` |
 //!
 //! ```
 //! let handle = tidewire_server::metrics::install();
@@ -121,4 +124,16 @@ pub fn write_batch(writes: usize) {
 /// Time from a write's arrival to its answer (commit and publish included).
 pub fn write_latency(d: Duration) {
     metrics::histogram!("tidewire_write_latency_seconds").record(d.as_secs_f64());
+}
+
+/// A TCP connection was refused by a cap (`per_address`, `global`: see
+/// [`crate::serve::admission`]).
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!("tidewire_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A TCP connection was closed by a deadline (`first_bytes`, `header`, `idle`: see
+/// [`crate::serve::deadline`]).
+pub fn connection_timed_out(reason: &'static str) {
+    metrics::counter!("tidewire_connections_timed_out_total", "reason" => reason).increment(1);
 }

@@ -344,10 +344,12 @@ impl Session {
         Ok(())
     }
 
-    /// When the connection's token expires (`None`: never, auth is off).
+    /// When the connection's token expires (`None`: never, auth is off). A token valid for
+    /// more than 30 years (a huge `exp`) counts as valid for 30 years: no clock overflows.
     pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        const FAR: std::time::Duration = std::time::Duration::from_secs(30 * 365 * 86_400);
         let grant = self.identity.grant.as_ref()?;
-        Some(tokio::time::Instant::now() + grant.remaining())
+        tokio::time::Instant::now().checked_add(grant.remaining().min(FAR))
     }
 
     /// Replaces the connection's identity with a fresh token of the same subject. Rooms the
