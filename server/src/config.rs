@@ -136,11 +136,17 @@ pub struct Config {
     #[arg(
         long,
         env = "TIDEWIRE_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub header_read_timeout_ms: u64,
     /// Milliseconds a kept-alive HTTP connection may stay open with no request in flight.
-    #[arg(long, env = "TIDEWIRE_KEEP_ALIVE_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(
+        long,
+        env = "TIDEWIRE_KEEP_ALIVE_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
     pub keep_alive_timeout_ms: u64,
     /// TCP connections open at once from one client address (an IPv6 /64); more are answered
     /// 429 and closed. Trusted proxies are capped only by --max-connections. 0: no cap.
@@ -267,6 +273,35 @@ mod tests {
         assert_eq!(c.redis_prefix, "app1:");
         assert_eq!(c.bus_drop_every, 0);
         assert_eq!(Config::default().redis_prefix, "tidewire:");
+    }
+
+    #[test]
+    fn connection_limit_flags_parse_and_timeouts_are_not_zero() {
+        let cli = Cli::try_parse_from([
+            "tidewire",
+            "serve",
+            "--header-read-timeout-ms",
+            "250",
+            "--keep-alive-timeout-ms",
+            "500",
+            "--max-connections-per-address",
+            "0",
+            "--max-connections",
+            "9000",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command;
+        assert_eq!(
+            (c.header_read_timeout_ms, c.keep_alive_timeout_ms),
+            (250, 500)
+        );
+        assert_eq!(
+            (c.max_connections_per_address, c.max_connections),
+            (0, 9000)
+        );
+        for flag in ["--header-read-timeout-ms", "--keep-alive-timeout-ms"] {
+            assert!(Cli::try_parse_from(["tidewire", "serve", flag, "0"]).is_err());
+        }
     }
 
     #[test]

@@ -123,16 +123,17 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// When the connection is to be closed, and why (`None`: busy).
+    /// When the connection is to be closed, and why (`None`: busy, or a timeout so long that
+    /// no clock reaches it).
     pub fn deadline(&self, header: Duration, idle: Duration) -> Option<(Instant, Expiry)> {
         let s = self.state();
         if s.in_flight > 0 {
             return None;
         }
-        Some(match s.head_since {
-            Some(since) => (since + header, Expiry::Header),
-            None => (s.idle_since + idle, Expiry::Idle),
-        })
+        match s.head_since {
+            Some(since) => Some((since.checked_add(header)?, Expiry::Header)),
+            None => Some((s.idle_since.checked_add(idle)?, Expiry::Idle)),
+        }
     }
 
     /// Resolves when the state has changed since the last [`Activity::deadline`] (at once if
@@ -283,6 +284,12 @@ mod tests {
         assert!(a.deadline(Duration::ZERO, Duration::ZERO).is_none());
         drop(y);
         assert!(a.deadline(Duration::ZERO, Duration::ZERO).is_some());
+    }
+
+    #[test]
+    fn a_timeout_past_every_clock_means_no_deadline() {
+        let a = Activity::new(Instant::now());
+        assert!(a.deadline(Duration::MAX, Duration::MAX).is_none());
     }
 
     #[tokio::test]
