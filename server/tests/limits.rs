@@ -338,6 +338,41 @@ async fn the_per_address_cap_refuses_the_connection_over_it() {
 }
 
 #[tokio::test]
+async fn websockets_and_streams_keep_their_place_under_the_cap() {
+    let s = start(
+        |c| c.max_connections_per_address = 3,
+        timeouts(10_000, 10_000),
+    )
+    .await;
+    // Two WebSockets (hyper hands the socket over on the upgrade) and one SSE stream (the
+    // streaming responder's task takes the socket).
+    let mut sockets = Vec::new();
+    for _ in 0..2 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
+            .await
+            .unwrap();
+        sockets.push(ws);
+    }
+    let mut sse = TcpStream::connect(s.addr).await.unwrap();
+    sse.write_all(b"GET /v1/sse?rooms=a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sse.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // All three still count: the next connection is refused.
+    let mut over = TcpStream::connect(s.addr).await.unwrap();
+    let (answer, _) = read_until_closed(&mut over, Duration::from_secs(2)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 429"), "{answer:?}");
+    // Closing the stream and a WebSocket gives their places back.
+    drop(sse);
+    sockets.pop().unwrap().close(None).await.unwrap();
+    ok_eventually(s.addr, "/healthz").await;
+    assert_eq!(s.stats.refused_per_address.load(Ordering::SeqCst), 1);
+    drop(sockets);
+}
+
+#[tokio::test]
 async fn at_the_global_cap_healthz_still_answers() {
     let s = start(
         |c| c.max_connections = 3,
