@@ -320,6 +320,13 @@ async fn the_per_address_cap_refuses_the_connection_over_it() {
     assert!(body.contains("limit 3"), "{body}");
     assert!(took < Duration::from_secs(1), "{took:?}");
     assert_eq!(s.stats.refused_per_address.load(Ordering::SeqCst), 1);
+    // A client that sent its request before it was refused reads the answer too.
+    let (status, body, _) = get(s.addr, "/healthz", "").await;
+    assert_eq!(
+        (status, problem_code(&body)),
+        (429, "too_many_connections".into())
+    );
+    assert_eq!(s.stats.refused_per_address.load(Ordering::SeqCst), 2);
     // The three held connections are served.
     held[0]
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -196,7 +196,11 @@ pub async fn serve(
             admission::Admit::HealthOnly(permit) => (permit, true),
             admission::Admit::Refuse(why) => {
                 options.stats.refused(why);
-                // One write into an empty socket buffer, then the socket is dropped.
+                // What of the request has arrived is read (so that the close is a FIN the
+                // client reads the answer before, not a reset), the answer is one write into
+                // an empty socket buffer, and the socket is dropped: no task, no wait.
+                let mut head = [0u8; 4096];
+                let _ = tcp.try_read(&mut head);
                 let _ = tcp.try_write(admission.refusal(why));
                 continue;
             }
