@@ -2,13 +2,19 @@
 //! open at once per client address, and at most [`Options::max_connections`] in all, with a
 //! small reserve ([`Options::healthz_reserve`]) that answers only `GET /healthz`.
 //!
-//! A connection over a cap is answered at once, without reading its request, with
-//! `429 too_many_connections` (problem+json, `Retry-After: 1`, `Connection: close`) and closed:
-//! the accept loop does one non-blocking write and drops the socket, so refusing costs no task
-//! and no buffer. A connection over the total cap while the reserve has room is served, by
-//! hyper, for one HTTP/1 request: `/healthz` goes to the router (so a load balancer's probe sees
-//! `200 ok`, or `503` while draining), anything else gets the same `429`. When the reserve is
-//! full too, the connection is refused like one over the per-address cap.
+//! A connection over the per-address cap is answered at once with `429 too_many_connections`
+//! (problem+json, `Retry-After: 1`, `Connection: close`) and closed: the accept loop reads what
+//! of the request has arrived, does one non-blocking write and drops the socket, so refusing
+//! costs no task and no buffer.
+//!
+//! A connection over the total cap takes a place in the reserve and is served, by hyper, for
+//! one HTTP/1 request whose head must arrive within [`RESERVE_HEAD_TIMEOUT`]: `/healthz` goes to
+//! the router (so a load balancer's probe sees `200 ok`, or `503` while draining), anything
+//! else gets the same `429`. When the reserve is full, the connection that has waited longest
+//! in it is closed to make room (counted as refused): sockets that connect and send nothing
+//! cannot keep a probe out, which sends its request as soon as it has connected and is
+//! answered in microseconds. An attacker would have to open more than the reserve's size of
+//! connections within one round trip of the probe to push it out.
 //!
 //! Addresses are counted per IPv4 address and per IPv6 `/64` (one host usually has a whole
 //! `/64`); an IPv4-mapped IPv6 address counts as its IPv4 address. Peers in
@@ -24,23 +30,28 @@
 //! assert_eq!(address_key(mapped).to_string(), "10.0.0.1");
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use tidewire_protocol::{ErrorCode, Problem};
+use tokio::sync::Notify;
 
 use super::Options;
+
+/// How long the request head of a connection in the `/healthz` reserve may take (at most; the
+/// header-read timeout when that is shorter). A probe sends its request at once.
+pub const RESERVE_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a connection was refused (the `reason` label of `tidewire_connections_refused_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Its address had [`Options::max_connections_per_address`] open.
     PerAddress,
-    /// The server had [`Options::max_connections`] open (and the `/healthz` reserve was full,
-    /// or the request was not `/healthz`).
+    /// The server had [`Options::max_connections`] open, and the connection in the
+    /// `/healthz` reserve was not `/healthz` (or was closed to make room for a newer one).
     Global,
 }
 
@@ -58,8 +69,9 @@ impl Refusal {
 pub(crate) enum Admit {
     /// Serve it.
     Serve(Permit),
-    /// Serve one request, and only if it is `GET /healthz`.
-    HealthOnly(Permit),
+    /// Serve one request, and only if it is `GET /healthz`; stop when the notify fires (the
+    /// reserve needed the room).
+    HealthOnly(Permit, Arc<Notify>),
     /// Answer [`Admission::refusal`] and close.
     Refuse(Refusal),
 }
@@ -72,7 +84,9 @@ pub(crate) struct Admission {
     uncapped: Vec<ipnet::IpNet>,
     by_address: Mutex<HashMap<IpAddr, usize>>,
     open: AtomicUsize,
-    reserved: AtomicUsize,
+    /// The connections in the reserve, oldest first, each with what closes it.
+    reserved: Mutex<VecDeque<(u64, Arc<Notify>)>>,
+    next_reserved: AtomicU64,
     per_address_answer: Bytes,
     global_answer: Bytes,
 }
@@ -81,7 +95,7 @@ impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Admission")
             .field("open", &self.open.load(Ordering::Relaxed))
-            .field("reserved", &self.reserved.load(Ordering::Relaxed))
+            .field("reserved", &lock(&self.reserved).len())
             .finish_non_exhaustive()
     }
 }
@@ -111,7 +125,8 @@ impl Admission {
             uncapped: options.uncapped_peers.clone(),
             by_address: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
-            reserved: AtomicUsize::new(0),
+            reserved: Mutex::new(VecDeque::new()),
+            next_reserved: AtomicU64::new(0),
             per_address_answer: refusal_bytes(&format!(
                 "too many connections from this address (limit {per_address})"
             )),
@@ -136,7 +151,7 @@ impl Admission {
         let mut permit = Permit {
             admission: self.clone(),
             key,
-            reserved: false,
+            reserved: None,
             counted: false,
         };
         let open = self.open.fetch_add(1, Ordering::Relaxed);
@@ -146,16 +161,26 @@ impl Admission {
             return Admit::Serve(permit);
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
-        if self.reserved.fetch_add(1, Ordering::Relaxed) < self.reserve {
-            permit.reserved = true;
-            permit.counted = true;
-            metrics::gauge!("tidewire_tcp_connections").increment(1.0);
-            return Admit::HealthOnly(permit);
+        if self.reserve == 0 {
+            // Dropping the permit gives back the address's count.
+            drop(permit);
+            return Admit::Refuse(Refusal::Global);
         }
-        self.reserved.fetch_sub(1, Ordering::Relaxed);
-        // Dropping the permit gives back the address's count.
-        drop(permit);
-        Admit::Refuse(Refusal::Global)
+        let id = self.next_reserved.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        {
+            let mut reserved = lock(&self.reserved);
+            if reserved.len() >= self.reserve {
+                if let Some((_, oldest)) = reserved.pop_front() {
+                    oldest.notify_one();
+                }
+            }
+            reserved.push_back((id, close.clone()));
+        }
+        permit.reserved = Some(id);
+        permit.counted = true;
+        metrics::gauge!("tidewire_tcp_connections").increment(1.0);
+        Admit::HealthOnly(permit, close)
     }
 
     /// The whole HTTP/1.1 answer to a connection refused for `why`.
@@ -180,7 +205,8 @@ impl Admission {
 pub(crate) struct Permit {
     admission: Arc<Admission>,
     key: Option<IpAddr>,
-    reserved: bool,
+    /// Its id in the reserve, if it is there.
+    reserved: Option<u64>,
     counted: bool,
 }
 
@@ -188,8 +214,13 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let a = &self.admission;
         if self.counted {
-            let counter = if self.reserved { &a.reserved } else { &a.open };
-            counter.fetch_sub(1, Ordering::Relaxed);
+            match self.reserved {
+                // Gone already when it was closed to make room.
+                Some(id) => lock(&a.reserved).retain(|(other, _)| *other != id),
+                None => {
+                    a.open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             metrics::gauge!("tidewire_tcp_connections").decrement(1.0);
         }
         if let Some(key) = self.key {
@@ -271,19 +302,41 @@ mod tests {
         assert!(proxies.iter().all(|p| matches!(p, Admit::Serve(_))));
     }
 
-    #[test]
-    fn over_the_total_cap_a_small_reserve_serves_healthz_only() {
-        let a = admission(0, 2, 1);
+    #[tokio::test]
+    async fn over_the_total_cap_the_reserve_makes_room_by_closing_its_oldest() {
+        let a = admission(0, 2, 2);
         let _held = [a.admit(ip("192.0.2.1")), a.admit(ip("192.0.2.2"))];
-        let reserve = a.admit(ip("192.0.2.3"));
-        assert!(matches!(reserve, Admit::HealthOnly(_)));
+        let Admit::HealthOnly(first, first_close) = a.admit(ip("192.0.2.3")) else {
+            panic!("reserve")
+        };
+        let Admit::HealthOnly(_second, second_close) = a.admit(ip("192.0.2.4")) else {
+            panic!("reserve")
+        };
+        // Full: the next one closes the oldest (its notification is stored until awaited).
+        let Admit::HealthOnly(_third, _) = a.admit(ip("192.0.2.5")) else {
+            panic!("reserve")
+        };
+        let closes = |n: Arc<Notify>| async move {
+            tokio::time::timeout(std::time::Duration::from_millis(50), n.notified())
+                .await
+                .is_ok()
+        };
+        assert!(closes(first_close).await, "the oldest is closed");
+        assert!(!closes(second_close).await, "the others stay");
+        assert_eq!(lock(&a.reserved).len(), 2);
+        drop(first);
+        assert_eq!(lock(&a.reserved).len(), 2, "the closed one was already out");
+        assert_eq!(a.open.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn with_no_reserve_over_the_total_cap_is_refused() {
+        let a = admission(0, 1, 0);
+        let _held = a.admit(ip("192.0.2.1"));
         assert!(matches!(
-            a.admit(ip("192.0.2.4")),
+            a.admit(ip("192.0.2.2")),
             Admit::Refuse(Refusal::Global)
         ));
-        drop(reserve);
-        assert!(matches!(a.admit(ip("192.0.2.4")), Admit::HealthOnly(_)));
-        assert_eq!(a.open.load(Ordering::Relaxed), 2);
     }
 
     #[test]

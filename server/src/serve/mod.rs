@@ -55,7 +55,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
 /// How [`serve`] treats connections.
@@ -191,9 +191,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let accepted = tokio::time::Instant::now();
-        let (permit, health_only) = match admission.admit(remote.ip()) {
-            admission::Admit::Serve(permit) => (permit, false),
-            admission::Admit::HealthOnly(permit) => (permit, true),
+        let (permit, reserve) = match admission.admit(remote.ip()) {
+            admission::Admit::Serve(permit) => (permit, None),
+            admission::Admit::HealthOnly(permit, close) => (permit, Some(close)),
             admission::Admit::Refuse(why) => {
                 options.stats.refused(why);
                 // What of the request has arrived is read (so that the close is a FIN the
@@ -216,7 +216,8 @@ pub async fn serve(
             signal: signal_rx.clone(),
             _close: close_rx.clone(),
             permit,
-            health_only: health_only.then(|| admission.global_problem()),
+            health_only: reserve.as_ref().map(|_| admission.global_problem()),
+            evicted: reserve,
             activity: deadline::Activity::new(accepted),
         };
         tokio::spawn(conn.run());
@@ -242,6 +243,8 @@ struct Connection {
     permit: admission::Permit,
     /// Over the total cap: only `/healthz` is served; the body of the `429` for the rest.
     health_only: Option<Bytes>,
+    /// Over the total cap: fires when the reserve needs the connection's place.
+    evicted: Option<Arc<Notify>>,
     /// What its deadlines depend on.
     activity: Arc<deadline::Activity>,
 }
@@ -298,6 +301,7 @@ impl Connection {
                     _close,
                     permit,
                     health_only,
+                    evicted,
                     activity,
                 } = self;
                 let conn = Hyper {
@@ -311,6 +315,7 @@ impl Connection {
                     options,
                     activity,
                     health_only,
+                    evicted,
                 };
                 Box::pin(conn.serve(&mut signal)).await;
             }
@@ -344,6 +349,8 @@ struct Hyper {
     activity: Arc<deadline::Activity>,
     /// See [`Connection::health_only`].
     health_only: Option<Bytes>,
+    /// See [`Connection::evicted`].
+    evicted: Option<Arc<Notify>>,
 }
 
 impl Hyper {
@@ -357,6 +364,7 @@ impl Hyper {
             options,
             activity,
             health_only,
+            evicted,
         } = self;
         let in_flight = activity.clone();
         let service_options = options.clone();
@@ -394,7 +402,12 @@ impl Hyper {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         let mut conn = std::pin::pin!(conn);
         let mut graceful = false;
-        let header = options.header_read_timeout;
+        let header = match evicted {
+            Some(_) => options
+                .header_read_timeout
+                .min(admission::RESERVE_HEAD_TIMEOUT),
+            None => options.header_read_timeout,
+        };
         let idle = options.keep_alive_timeout;
         loop {
             let due = activity.deadline(header, idle);
@@ -411,6 +424,11 @@ impl Hyper {
                     conn.as_mut().graceful_shutdown();
                 }
                 () = changed => {}
+                () = closed_by(&evicted) => {
+                    options.stats.refused(admission::Refusal::Global);
+                    tracing::debug!(%remote, "closed to make room in the /healthz reserve");
+                    return;
+                }
                 () = sleep_until(due.map(|(at, _)| at)) => {
                     // Closed only if the deadline still stands (nothing began meanwhile).
                     if let Some((at, why)) = activity.deadline(header, idle) {
@@ -428,6 +446,14 @@ impl Hyper {
                 }
             }
         }
+    }
+}
+
+/// Resolves when `notify` fires; never when there is none.
+async fn closed_by(notify: &Option<Arc<Notify>>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 
