@@ -12,9 +12,9 @@
 //! - after a response, a connection from which no byte has come is closed once it has been
 //!   idle for the keep-alive timeout.
 //!
-//! [`Watched`] is the socket as hyper sees it (it notes bytes read); [`Activity::begin`] marks
-//! a request in flight until the returned [`InFlight`] is dropped, which [`Tracked`] does when
-//! hyper lets go of the response body. The connection's task sleeps until
+//! The socket as hyper sees it notes bytes read in the connection's [`Activity`];
+//! [`Activity::begin`] marks a request in flight until the returned [`InFlight`] is dropped,
+//! which the response body does when hyper lets go of it. The connection's task sleeps until
 //! [`Activity::deadline`] and closes the connection when it passes.
 //!
 //! ```
