@@ -119,6 +119,12 @@ impl Tidewire {
             "1000000",
             "--max-connections-per-client",
             &(max_conns * 2 + 100).to_string(),
+            // Every client of one worker process shares its source address, and the phases
+            // open more than the default total: the load test measures, it is not capped.
+            "--max-connections-per-address",
+            "0",
+            "--max-connections",
+            "0",
             "--queue-capacity",
             "1024",
             "--drain-window-ms",

@@ -168,6 +168,35 @@ pub struct Config {
     /// rightmost address in the header that is not itself a trusted proxy, not by the proxy's.
     #[arg(long, env = "TIDEWIRE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Milliseconds a request head may take to arrive whole (from the accept, or from its
+    /// first byte on a kept-alive connection); a slower one is cut.
+    #[arg(
+        long,
+        env = "TIDEWIRE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_ms: u64,
+    /// Milliseconds a kept-alive HTTP connection may stay open with no request in flight.
+    #[arg(
+        long,
+        env = "TIDEWIRE_KEEP_ALIVE_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub keep_alive_timeout_ms: u64,
+    /// TCP connections open at once from one client address (an IPv6 /64); more are answered
+    /// 429 and closed. Trusted proxies are capped only by --max-connections. 0: no cap.
+    #[arg(
+        long,
+        env = "TIDEWIRE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_address: usize,
+    /// TCP connections open at once in all; keep it below the open-file limit (`ulimit -n`)
+    /// with room for the store. Over it, a small reserve still answers /healthz. 0: no cap.
+    #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS", default_value_t = 16_000)]
+    pub max_connections: usize,
     /// Seconds an idempotency key is remembered.
     #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
@@ -236,6 +265,10 @@ mod tests {
         assert!(c.redis.is_none());
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c.header_read_timeout_ms, 10_000);
+        assert_eq!(c.keep_alive_timeout_ms, 60_000);
+        assert_eq!(c.max_connections_per_address, 1024);
+        assert_eq!(c.max_connections, 16_000);
     }
 
     #[test]
@@ -277,6 +310,35 @@ mod tests {
         assert_eq!(c.redis_prefix, "app1:");
         assert_eq!(c.bus_drop_every, 0);
         assert_eq!(Config::default().redis_prefix, "tidewire:");
+    }
+
+    #[test]
+    fn connection_limit_flags_parse_and_timeouts_are_not_zero() {
+        let cli = Cli::try_parse_from([
+            "tidewire",
+            "serve",
+            "--header-read-timeout-ms",
+            "250",
+            "--keep-alive-timeout-ms",
+            "500",
+            "--max-connections-per-address",
+            "0",
+            "--max-connections",
+            "9000",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command;
+        assert_eq!(
+            (c.header_read_timeout_ms, c.keep_alive_timeout_ms),
+            (250, 500)
+        );
+        assert_eq!(
+            (c.max_connections_per_address, c.max_connections),
+            (0, 9000)
+        );
+        for flag in ["--header-read-timeout-ms", "--keep-alive-timeout-ms"] {
+            assert!(Cli::try_parse_from(["tidewire", "serve", flag, "0"]).is_err());
+        }
     }
 
     #[test]

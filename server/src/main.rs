@@ -25,6 +25,10 @@ async fn main() -> anyhow::Result<()> {
     let user_timeout = config.idle_timeout();
     let drain = config.drain_window();
     let metrics_listen = config.metrics_listen;
+    let options = serve::Options {
+        tcp_user_timeout: Some(user_timeout),
+        ..serve::Options::from_config(&config)
+    };
     let server = match Server::new(config).await {
         Ok(s) => s,
         Err(err) => {
@@ -50,10 +54,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move { axum::serve(metrics, app).await });
     }
     let draining = server.clone();
-    let options = serve::Options {
-        tcp_user_timeout: Some(user_timeout),
-        ..serve::Options::default()
-    };
     serve::serve(listener, server.router(), options, async move {
         shutdown::signal().await;
         tracing::info!("shutting down: telling clients to reconnect, draining");

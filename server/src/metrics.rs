@@ -306,6 +306,18 @@ pub fn write_latency(d: Duration) {
     metrics::histogram!("tidewire_write_latency_seconds").record(d.as_secs_f64());
 }
 
+/// A TCP connection was refused by a cap (`per_address`, `global`: see
+/// [`crate::serve::admission`]).
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!("tidewire_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A TCP connection was closed by a deadline (`first_bytes`, `header`, `idle`: see
+/// [`crate::serve::deadline`]).
+pub fn connection_timed_out(reason: &'static str) {
+    metrics::counter!("tidewire_connections_timed_out_total", "reason" => reason).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,12 +170,32 @@ impl ClientFrame {
         Self::decode_limited(text, MAX_BODY_BYTES, MAX_ROOMS_PER_CONNECTION)
     }
 
-    /// Decodes and validates a frame with the given size and room limits.
+    /// Decodes and validates a frame with the given size and room limits (a `subscribe`'s
+    /// `since` may name at most `max_rooms` rooms: see [`Cursor::parse_limited`]).
     pub fn decode_limited(
         text: &str,
         max_bytes: usize,
         max_rooms: usize,
     ) -> Result<ClientFrame, ProtocolError> {
+        Self::decode_limited_with_cursor(text, max_bytes, max_rooms).map(|(frame, _)| frame)
+    }
+
+    /// [`ClientFrame::decode_limited`], also answering the `since` cursor of a `subscribe` as
+    /// validation parsed it, so that a server does not parse it a second time. (`None` for
+    /// every other frame and for a `subscribe` without `since`.)
+    ///
+    /// ```
+    /// use tidewire_protocol::ClientFrame;
+    /// let text = r#"{"type":"subscribe","rooms":["a"],"since":"a=4"}"#;
+    /// let (frame, since) = ClientFrame::decode_limited_with_cursor(text, 1024, 64).unwrap();
+    /// assert!(matches!(frame, ClientFrame::Subscribe { .. }));
+    /// assert_eq!(since.unwrap().get("a"), Some(4));
+    /// ```
+    pub fn decode_limited_with_cursor(
+        text: &str,
+        max_bytes: usize,
+        max_rooms: usize,
+    ) -> Result<(ClientFrame, Option<Cursor>), ProtocolError> {
         if text.len() > max_bytes {
             return Err(ProtocolError::TooLarge {
                 size: text.len(),
@@ -206,12 +226,17 @@ impl ClientFrame {
         }
         let frame: ClientFrame =
             serde_json::from_value(value).map_err(ProtocolError::from_serde)?;
-        frame.validate(max_rooms)?;
-        Ok(frame)
+        let since = frame.validate_parsing(max_rooms)?;
+        Ok((frame, since))
     }
 
     /// Checks names, keys, cursors and room counts.
     pub fn validate(&self, max_rooms: usize) -> Result<(), ProtocolError> {
+        self.validate_parsing(max_rooms).map(|_| ())
+    }
+
+    /// [`ClientFrame::validate`], answering the `since` cursor it parsed.
+    fn validate_parsing(&self, max_rooms: usize) -> Result<Option<Cursor>, ProtocolError> {
         let key_ok = |key: &Option<String>| key.as_deref().map_or(Ok(()), validate_idempotency_key);
         match self {
             ClientFrame::Subscribe { rooms, since, .. } => {
@@ -222,30 +247,34 @@ impl ClientFrame {
                     });
                 }
                 rooms.iter().try_for_each(|r| validate_room(r))?;
-                if let Some(s) = since {
-                    s.parse::<Cursor>()?;
-                }
-                Ok(())
+                since
+                    .as_deref()
+                    .map(|s| Cursor::parse_limited(s, max_rooms))
+                    .transpose()
             }
             ClientFrame::Unsubscribe { rooms, .. } => {
-                rooms.iter().try_for_each(|r| validate_room(r))
+                rooms.iter().try_for_each(|r| validate_room(r))?;
+                Ok(None)
             }
             ClientFrame::Put { room, id, key, .. } | ClientFrame::Delete { room, id, key, .. } => {
                 validate_room(room)?;
                 validate_item_id(id)?;
-                key_ok(key)
+                key_ok(key)?;
+                Ok(None)
             }
             ClientFrame::Publish {
                 room, event, key, ..
             } => {
                 validate_room(room)?;
                 validate_event_type(&event.event_type)?;
-                key_ok(key)
+                key_ok(key)?;
+                Ok(None)
             }
             ClientFrame::Broadcast { room, .. } | ClientFrame::Presence { room, .. } => {
-                validate_room(room)
+                validate_room(room)?;
+                Ok(None)
             }
-            ClientFrame::Ping { .. } | ClientFrame::Auth { .. } => Ok(()),
+            ClientFrame::Ping { .. } | ClientFrame::Auth { .. } => Ok(None),
         }
     }
 

@@ -40,7 +40,7 @@ mod rest;
 #[cfg(feature = "ts")]
 pub mod ts;
 
-pub use cursor::Cursor;
+pub use cursor::{Cursor, MAX_CURSOR_PAIR_BYTES};
 pub use envelope::Envelope;
 pub use error::{ErrorCode, Problem, ProtocolError};
 pub use event::{

@@ -176,6 +176,8 @@ impl Auth {
     pub fn with_ledger(secret: &str, ledger: Arc<dyn TicketLedger>) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
+        // A token (or ticket) with an `nbf` in the future is not valid yet.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Auth {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
@@ -198,6 +200,9 @@ impl Auth {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
             match e.kind() {
                 ErrorKind::ExpiredSignature => Error::TokenExpired,
+                ErrorKind::ImmatureSignature => {
+                    Error::Unauthorized("the token is not valid yet (`nbf`)".into())
+                }
                 ErrorKind::InvalidSignature => {
                     Error::Unauthorized("the token's signature is not valid".into())
                 }
@@ -310,6 +315,34 @@ mod tests {
         let old = auth.mint(&old).unwrap();
         assert!(matches!(auth.verify(&old), Err(Error::TokenExpired)));
         assert!(matches!(auth.verify("nope"), Err(Error::Unauthorized(_))));
+    }
+
+    #[test]
+    fn a_huge_exp_verifies_and_leaves_a_finite_remaining_time() {
+        let auth = Auth::new("s");
+        let mut claims = Claims::new("a", 60, &["r"], &[]);
+        claims.exp = u64::MAX;
+        let grant = auth.verify(&auth.mint(&claims).unwrap()).unwrap();
+        assert!(!grant.expired());
+        assert!(grant.remaining() > Duration::from_secs(1 << 62));
+        // A ticket carries the same `exp`.
+        assert!(auth.issue_ticket(grant).is_ok());
+    }
+
+    #[test]
+    fn a_token_before_its_nbf_is_refused() {
+        let auth = Auth::new("s");
+        let sign = |nbf: u64| {
+            let claims = serde_json::json!({"sub": "a", "exp": now_secs() + 600, "nbf": nbf});
+            encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap()
+        };
+        match auth.verify(&sign(now_secs() + 300)) {
+            Err(Error::Unauthorized(detail)) => {
+                assert!(detail.contains("not valid yet"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(auth.verify(&sign(now_secs() - 1)).is_ok());
     }
 
     #[tokio::test]

@@ -68,6 +68,24 @@ pub async fn take_stream_request(
     Ok(Some(request))
 }
 
+/// What [`take_stream_request`] makes of the bytes it looked at: the head's length and the
+/// request, when `bytes` start with a whole `GET` head for one of `paths` that needs nothing
+/// but a response (no body, no upgrade, no `Expect`); `None` when the connection is hyper's.
+/// Public for the fuzz target `fuzz/fuzz_targets/parse_stream_head.rs`; the server itself only
+/// calls it through [`take_stream_request`].
+///
+/// ```
+/// use tidewire_server::serve::stream::parse_stream_head;
+/// let paths = ["/v1/sse".to_string()];
+/// let head = b"GET /v1/sse?rooms=a HTTP/1.1\r\nHost: x\r\n\r\nrest";
+/// let (len, request) = parse_stream_head(head, &paths).unwrap();
+/// assert_eq!((len, request.uri().query()), (head.len() - 4, Some("rooms=a")));
+/// assert!(parse_stream_head(b"POST /v1/sse HTTP/1.1\r\n\r\n", &paths).is_none());
+/// ```
+pub fn parse_stream_head(bytes: &[u8], paths: &[String]) -> Option<(usize, Request<Body>)> {
+    parse(bytes, paths)
+}
+
 /// Whether `bytes` hold the end of a request head.
 fn head_complete(bytes: &[u8]) -> bool {
     memchr::memmem::find(bytes, b"\r\n\r\n").is_some()

@@ -63,12 +63,13 @@ fn reference_of(text: &str) -> Option<String> {
 pub async fn handle(session: &mut Session, text: &str) -> Result<Reply> {
     session.touch().await;
     let settings = session.sessions.settings();
-    let frame = match ClientFrame::decode_limited(
+    // The `since` of a subscribe is parsed (and bounded) once, by the decoder.
+    let (frame, parsed_since) = match ClientFrame::decode_limited_with_cursor(
         text,
         settings.max_frame_bytes,
         settings.max_rooms_per_connection,
     ) {
-        Ok(f) => f,
+        Ok(decoded) => decoded,
         Err(err) => {
             return Ok(Reply::one(ServerFrame::Error {
                 r#ref: reference_of(text),
@@ -90,12 +91,9 @@ pub async fn handle(session: &mut Session, text: &str) -> Result<Reply> {
     };
     Ok(match frame {
         ClientFrame::Subscribe {
-            rooms,
-            since,
-            presence,
-            ..
+            rooms, presence, ..
         } => {
-            let since: Cursor = since.as_deref().unwrap_or("").parse()?;
+            let since = parsed_since.unwrap_or_default();
             match session.catch_up(&rooms, &since, presence).await {
                 Err(err) => Reply::one(ack(Err(err))),
                 Ok(catch_up) => {

@@ -482,11 +482,12 @@ impl Session {
         Ok(())
     }
 
-    /// When the connection's token expires (`None`: never, auth is off, or so far ahead
-    /// that the clock cannot say).
+    /// When the connection's token expires (`None`: never, auth is off). A token valid for
+    /// more than 30 years (a huge `exp`) counts as valid for 30 years: no clock overflows.
     pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
         let grant = self.identity.grant.as_ref()?;
-        tokio::time::Instant::now().checked_add(grant.remaining())
+        tokio::time::Instant::now().checked_add(grant.remaining().min(FAR))
     }
 
     /// Replaces the connection's identity with a fresh token of the same subject. Rooms the

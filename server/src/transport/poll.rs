@@ -40,11 +40,9 @@ pub async fn handler(
     query: std::result::Result<Query<PollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PollResponse>> {
     let Query(q) = query.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let rooms = parse_rooms(
-        q.rooms.as_deref(),
-        state.settings().max_rooms_per_connection,
-    )?;
-    let since: Cursor = q.since.as_deref().unwrap_or("").parse()?;
+    let limit = state.settings().max_rooms_per_connection;
+    let rooms = parse_rooms(q.rooms.as_deref(), limit)?;
+    let since = Cursor::parse_limited(q.since.as_deref().unwrap_or(""), limit)?;
     let wait = match q.wait.as_deref() {
         None => 25,
         Some(w) => match w.parse::<u64>() {

@@ -128,7 +128,7 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok())
         .or(q.since.as_deref())
     {
-        Some(s) => s.trim().parse::<Cursor>()?,
+        Some(s) => Cursor::parse_limited(s.trim(), settings.max_rooms_per_connection)?,
         None => Cursor::new(),
     };
     let presence = flag(q.presence.as_deref());

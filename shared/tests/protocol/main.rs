@@ -2,5 +2,6 @@
 //! becomes the right typed error, and no input panics a decoder.
 
 mod bad_input;
+mod cursor_limits;
 mod roundtrip;
 mod strategies;

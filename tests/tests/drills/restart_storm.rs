@@ -24,7 +24,8 @@ async fn graceful_restart_spreads_reconnects_and_loses_nothing() {
         Server::builder()
             .unlimited_writes()
             .flag("drain-window-ms", DRAIN_MS)
-            .flag("max-connections-per-client", clients * 2 + 100),
+            .flag("max-connections-per-client", clients * 2 + 100)
+            .flag("max-connections-per-address", clients * 2 + 100),
     );
     let rest = server.rest();
     let url = server.url();

@@ -109,7 +109,8 @@ async fn slow_consumer_is_cut_resumes_and_does_not_slow_the_others() {
         Server::builder()
             .unlimited_writes()
             .flag("queue-capacity", QUEUE)
-            .flag("max-connections-per-client", n * 2 + 100),
+            .flag("max-connections-per-client", n * 2 + 100)
+            .flag("max-connections-per-address", n * 2 + 100),
     );
     let rest = server.rest();
     let url = server.url();
