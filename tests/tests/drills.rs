@@ -18,6 +18,9 @@
 //!   `store_unavailable` and nothing is half-written; the server recovers when space returns.
 //! - `net_cut`: a half-open network (a proxy that goes silent); the server reaps the
 //!   connection, the client notices, reconnects and resumes.
+//! - `probes`: the hostile clients of the security audit (slowloris from two processes, a
+//!   16,000-pair cursor, 8,000 presence rooms, 300 × 512 KiB broadcasts to a stalled reader)
+//!   while `/healthz` is timed and RSS read.
 //! - `restart_storm`: many SSE clients across a graceful restart; reconnects spread over the
 //!   drain window, all resume, nothing lost.
 //! - `slow_consumer`: fast SSE subscribers and one slow one (a tiny receive buffer, a read
@@ -34,6 +37,8 @@ mod crash;
 mod disk_full;
 #[path = "drills/net_cut.rs"]
 mod net_cut;
+#[path = "drills/probes.rs"]
+mod probes;
 #[path = "drills/restart_storm.rs"]
 mod restart_storm;
 #[path = "drills/slow_consumer.rs"]
