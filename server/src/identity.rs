@@ -94,9 +94,14 @@ fn ticket(query: Option<&str>) -> Option<&str> {
 impl FromRequestParts<AppState> for ClientIdentity {
     type Rejection = Error;
 
-    /// Anonymous when auth is off. Otherwise the Bearer token wins, then `?ticket=`, then
+    /// A backend API key first (`--api-key`). Anonymous when auth is off. Otherwise the
+    /// Bearer token wins, then `?ticket=`, then
     /// the cookie; none of them is `401 unauthorized`.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        // A backend API key (`--api-key`) may do anything, with or without JWT auth.
+        if let Some(who) = state.api_keys.identify(bearer(&parts.headers)) {
+            return Ok(who);
+        }
         let Some(auth) = state.auth.as_ref() else {
             let key = parts
                 .extensions

@@ -33,6 +33,7 @@ pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod presence;
 pub mod routes;
 pub mod serve;
@@ -67,8 +68,8 @@ use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Retention};
 pub struct Shared {
     /// The configuration.
     pub config: Config,
-    /// The write path and backends.
-    pub service: Service,
+    /// The write path and backends (shared with the outbox consumer).
+    pub service: Arc<Service>,
     /// Local fan-out.
     pub hub: Arc<Hub>,
     /// Per-client limits.
@@ -79,6 +80,10 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// JWT auth, when a secret is configured (`None`: open access).
     pub auth: Option<Arc<auth::Auth>>,
+    /// Backend API keys (`--api-key`), accepted with or without JWT auth.
+    pub api_keys: auth::api_key::ApiKeys,
+    /// Whether the app's outbox database answers (`--outbox`; `None` without it).
+    pub outbox: Option<outbox::Health>,
 }
 
 /// The state type of every route.
@@ -173,12 +178,15 @@ impl Server {
             }
             (None, _) => None,
         };
+        let api_keys = auth::api_key::ApiKeys::new(&config.api_key)?;
         let (store, bus, presence) = open_backends(&config).await?;
         let hub = Hub::new(store.clone());
         tokio::spawn(hub.clone().run(bus.subscribe()));
         if config.redis.is_some() {
             spawn_head_check(Arc::downgrade(&hub), store.clone());
         }
+        let service = Arc::new(Service::new(store, bus, presence));
+        let outbox = outbox::spawn(&config, &service).await?;
         let shared = Arc::new(Shared {
             limits: Limits::new(
                 config.max_connections_per_client,
@@ -188,7 +196,9 @@ impl Server {
             shutdown: Shutdown::new(config.drain_window()),
             metrics: metrics::install(),
             auth,
-            service: Service::new(store, bus, presence),
+            api_keys,
+            outbox,
+            service,
             hub,
             config,
         });

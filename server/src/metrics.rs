@@ -10,6 +10,9 @@
 //! | `tidewire_replays_total`, `tidewire_resyncs_total` | counter | |
 //! | `tidewire_bus_duplicates_total`, `tidewire_bus_gaps_filled_total` | counter | |
 //! | `tidewire_write_latency_seconds`, `tidewire_write_batch_size` | summary | |
+//! | `tidewire_outbox_rows_pending`, `tidewire_outbox_oldest_pending_seconds` | gauge | |
+//! | `tidewire_outbox_ingested_total`, `tidewire_outbox_dead_letters_total` | counter | |
+//! | `tidewire_outbox_wakeups_total` | counter | `by` (`notify`, `poll`) |
 //!
 //! ```
 //! let handle = tidewire_server::metrics::install();
@@ -121,4 +124,26 @@ pub fn write_batch(writes: usize) {
 /// Time from a write's arrival to its answer (commit and publish included).
 pub fn write_latency(d: Duration) {
     metrics::histogram!("tidewire_write_latency_seconds").record(d.as_secs_f64());
+}
+
+/// Rows waiting in the outbox, and the age of the oldest, in seconds (read every poll).
+pub fn outbox_pending(rows: i64, oldest_secs: f64) {
+    metrics::gauge!("tidewire_outbox_rows_pending").set(rows as f64);
+    metrics::gauge!("tidewire_outbox_oldest_pending_seconds").set(oldest_secs);
+}
+
+/// Outbox rows appended to their rooms (idempotent replays of rows read twice included).
+pub fn outbox_ingested(rows: u64) {
+    metrics::counter!("tidewire_outbox_ingested_total").increment(rows);
+}
+
+/// Outbox rows the server refused, moved to `tidewire.dead_letters`.
+pub fn outbox_dead_letters(rows: u64) {
+    metrics::counter!("tidewire_outbox_dead_letters_total").increment(rows);
+}
+
+/// The consumer woke up: `notify` (a notification arrived) or `poll` (the poll interval
+/// found rows no notification had announced).
+pub fn outbox_wakeup(by: &'static str) {
+    metrics::counter!("tidewire_outbox_wakeups_total", "by" => by).increment(1);
 }
