@@ -43,6 +43,7 @@
 
 mod check;
 mod error;
+mod pg;
 mod poll;
 pub mod proxy;
 mod raw_http;
@@ -53,6 +54,7 @@ mod ws;
 
 pub use check::{Counts, Delivery};
 pub use error::{within, Error, Result};
+pub use pg::Database;
 pub use poll::PollClient;
 pub use raw_http::{dechunk, split_response};
 pub use rest::{decode_body, metric_sum, Answer, RawAnswer, Rest, WriteOptions, REQUEST_TIMEOUT};
