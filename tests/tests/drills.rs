@@ -18,6 +18,9 @@
 //!   `store_unavailable` and nothing is half-written; the server recovers when space returns.
 //! - `net_cut`: a half-open network (a proxy that goes silent); the server reaps the
 //!   connection, the client notices, reconnects and resumes.
+//! - `outbox_crash`: 8 app writers commit 2,000 transactions through the outbox of their own
+//!   PostgreSQL while Tidewire is killed twice (and left down a while); every committed call
+//!   is in the log once, in commit order, and nothing rolled back.
 //! - `restart_storm`: many SSE clients across a graceful restart; reconnects spread over the
 //!   drain window, all resume, nothing lost.
 //! - `slow_consumer`: fast SSE subscribers and one slow one (a tiny receive buffer, a read
@@ -34,6 +37,8 @@ mod crash;
 mod disk_full;
 #[path = "drills/net_cut.rs"]
 mod net_cut;
+#[path = "drills/outbox_crash.rs"]
+mod outbox_crash;
 #[path = "drills/restart_storm.rs"]
 mod restart_storm;
 #[path = "drills/slow_consumer.rs"]
