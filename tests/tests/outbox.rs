@@ -306,3 +306,55 @@ async fn commit_one(pool: &PgPool, room: &str, token: &str) {
     .unwrap();
     tx.commit().await.unwrap();
 }
+
+/// A row that was valid when committed but is over a limit lowered since is a dead letter
+/// with its reason; the room's later rows flow on, and the SQL functions now check the new
+/// limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_a_lowered_limit_is_a_dead_letter_and_the_room_flows_on() {
+    let Some(app) = Database::create("tw_ob").await else {
+        return;
+    };
+    // The first server installs the SQL with the default limits, then goes away.
+    let mut first = node(None, app.url());
+    first.kill_hard();
+    let pool = app.pool().await;
+    sqlx::raw_sql(
+        "SELECT tidewire.put_item('r', 'before', '1');
+         SELECT tidewire.put_item('r', 'big', to_jsonb(repeat('x', 2000)));
+         SELECT tidewire.put_item('r', 'after', '2');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let server = match Server::builder()
+        .flag("outbox", app.url())
+        .flag("outbox-poll-ms", 200)
+        .flag("max-item-bytes", 1000)
+        .start()
+    {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    };
+    drained(&pool, T).await;
+    let snap = server.rest().snapshot("r").await.expect("snapshot").ok();
+    let ids: Vec<&String> = snap.items.keys().collect();
+    assert_eq!(ids, ["after", "before"]);
+    let (id, reason): (String, String) =
+        sqlx::query_as("SELECT item_id, reason FROM tidewire.dead_letters")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(id, "big");
+    assert!(reason.contains("payload too large"), "{reason}");
+    let metrics = server.rest().metrics().await.expect("metrics");
+    assert_eq!(
+        metric_sum(&metrics, "tidewire_outbox_dead_letters_total"),
+        Some(1.0)
+    );
+    let err = sqlx::raw_sql("SELECT tidewire.put_item('r', 'big', to_jsonb(repeat('x', 2000)))")
+        .execute(&pool)
+        .await
+        .expect_err("the SQL checks the lowered limit");
+    assert!(err.to_string().contains("limit 1000"), "{err}");
+}
