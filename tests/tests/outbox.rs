@@ -9,8 +9,6 @@
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -218,29 +216,57 @@ async fn three_nodes_share_one_outbox_and_a_killed_node_loses_nothing() {
     .execute(&pool)
     .await
     .unwrap();
-    // Let every node see the others and take its share.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
-    let stop = Arc::new(AtomicBool::new(false));
+    // Each partition is held by exactly one node, and all three nodes hold some.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (held, holders) = partition_locks(&pool).await;
+        if (held, holders) == (16, 3) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not shared: {held} partitions held by {holders} nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut writers = Vec::new();
     for w in 0..6 {
-        let (pool, stop) = (pool.clone(), stop.clone());
+        let pool = pool.clone();
         writers.push(tokio::spawn(async move {
             let mut committed = 0;
             for i in 0..120 {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
                 let room = format!("room-{}", (w * 7 + i * 3) % 40);
                 let token = format!("w{w}-{i}");
                 commit_one(&pool, &room, &token).await;
                 committed += 1;
+                tokio::time::sleep(Duration::from_millis(8)).await;
             }
             committed
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "the kill comes while rows flow"
+    );
     tokio::task::block_in_place(|| nodes[0].kill_hard());
+    // Its session ended: the others hold its partitions within a couple of poll intervals.
+    let killed = tokio::time::Instant::now();
+    loop {
+        let (held, holders) = partition_locks(&pool).await;
+        if (held, holders) == (16, 2) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "partitions not taken over: {held} held by {holders} nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "partitions taken over {:?} after the kill",
+        killed.elapsed()
+    );
     let mut committed = 0;
     for w in writers {
         committed += w.await.unwrap();
@@ -283,6 +309,18 @@ async fn three_nodes_share_one_outbox_and_a_killed_node_loses_nothing() {
     }
     assert_eq!(busy, 2, "both surviving nodes consumed");
     drop(nodes);
+}
+
+/// Partition locks held in the app's database, and by how many sessions.
+async fn partition_locks(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*), count(DISTINCT pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND classid::bigint = 1953980019
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_locks")
 }
 
 /// One app transaction: publish, then take the room's next number; the number order is the
