@@ -196,14 +196,14 @@ BEGIN
 END
 $$;
 
--- Mirrors `tbl` into rooms: after every insert, update and delete of a row, put_item or
+-- Mirrors `table` into rooms: after every insert, update and delete of a row, put_item or
 -- delete_item in the room that `room` (an SQL expression over the row, named NEW, e.g.
 -- $$'board-' || NEW.board_id$$) gives, with the item id from `id_column` and the row as
 -- the value (to_jsonb). A NULL room leaves the row out. An update that moves a row to another
 -- room or id deletes it there first; an update that changes nothing sends nothing. With
 -- `backfill`, the rows already in the table are put now. Run it again to change the room
--- expression; unwatch_table(tbl) removes the trigger.
-CREATE OR REPLACE FUNCTION tidewire.watch_table(tbl regclass, room text, id_column text,
+-- expression; unwatch_table(table) removes the trigger.
+CREATE OR REPLACE FUNCTION tidewire.watch_table("table" regclass, room text, id_column text,
                                                 backfill boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -213,23 +213,23 @@ DECLARE
     trigger_fn text;
     rec record;
 BEGIN
-    IF tbl IS NULL OR room IS NULL OR id_column IS NULL OR backfill IS NULL THEN
+    IF "table" IS NULL OR room IS NULL OR id_column IS NULL OR backfill IS NULL THEN
         RAISE EXCEPTION 'tidewire.watch_table: arguments must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_attribute
-                   WHERE attrelid = tbl AND attname = id_column AND attnum > 0
+                   WHERE attrelid = "table" AND attname = id_column AND attnum > 0
                      AND NOT attisdropped) THEN
-        RAISE EXCEPTION 'tidewire.watch_table: % has no column "%"', tbl, id_column
+        RAISE EXCEPTION 'tidewire.watch_table: % has no column "%"', "table", id_column
             USING ERRCODE = 'undefined_column';
     END IF;
-    room_fn := 'watch_' || tbl::oid || '_room';
-    trigger_fn := 'watch_' || tbl::oid || '_trigger';
+    room_fn := 'watch_' || "table"::oid || '_room';
+    trigger_fn := 'watch_' || "table"::oid || '_trigger';
     EXECUTE format(
         'CREATE OR REPLACE FUNCTION tidewire.%I(new %s) RETURNS text LANGUAGE plpgsql STABLE '
-        'AS %L', room_fn, tbl, 'BEGIN RETURN (' || room || E')::text;\nEND');
+        'AS %L', room_fn, "table", 'BEGIN RETURN (' || room || E')::text;\nEND');
     -- A wrong expression (a missing column) fails now, not at the first write.
-    EXECUTE format('SELECT tidewire.%I(NULL::%s)', room_fn, tbl);
+    EXECUTE format('SELECT tidewire.%I(NULL::%s)', room_fn, "table");
     EXECUTE format($f$
         CREATE OR REPLACE FUNCTION tidewire.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
         DECLARE
@@ -258,12 +258,12 @@ BEGIN
             RETURN NULL;
         END
         $body$ $f$, trigger_fn, room_fn, id_column);
-    EXECUTE format('DROP TRIGGER IF EXISTS tidewire_watch ON %s', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tidewire_watch ON %s', "table");
     EXECUTE format('CREATE TRIGGER tidewire_watch AFTER INSERT OR UPDATE OR DELETE ON %s '
-                   'FOR EACH ROW EXECUTE FUNCTION tidewire.%I()', tbl, trigger_fn);
+                   'FOR EACH ROW EXECUTE FUNCTION tidewire.%I()', "table", trigger_fn);
     IF backfill THEN
         FOR rec IN EXECUTE format('SELECT tidewire.%I(t) AS r, to_jsonb(t) AS v FROM %s t',
-                                  room_fn, tbl) LOOP
+                                  room_fn, "table") LOOP
             IF rec.r IS NOT NULL THEN
                 PERFORM tidewire.put_item(rec.r, rec.v ->> id_column, rec.v);
             END IF;
@@ -272,18 +272,18 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION tidewire.unwatch_table(tbl regclass) RETURNS void
+CREATE OR REPLACE FUNCTION tidewire.unwatch_table("table" regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF tbl IS NULL THEN
+    IF "table" IS NULL THEN
         RAISE EXCEPTION 'tidewire.unwatch_table: table must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    EXECUTE format('DROP TRIGGER IF EXISTS tidewire_watch ON %s', tbl);
-    EXECUTE format('DROP FUNCTION IF EXISTS tidewire.%I()', 'watch_' || tbl::oid || '_trigger');
-    EXECUTE format('DROP FUNCTION IF EXISTS tidewire.%I(%s)', 'watch_' || tbl::oid || '_room', tbl);
+    EXECUTE format('DROP TRIGGER IF EXISTS tidewire_watch ON %s', "table");
+    EXECUTE format('DROP FUNCTION IF EXISTS tidewire.%I()', 'watch_' || "table"::oid || '_trigger');
+    EXECUTE format('DROP FUNCTION IF EXISTS tidewire.%I(%s)', 'watch_' || "table"::oid || '_room', "table");
 END
 $$;
 
