@@ -418,3 +418,112 @@ async fn the_consumer_writes_in_order_dead_letters_refusals_and_retries_failures
     conn.close().await.unwrap();
     testing::drop_database(&name).await;
 }
+
+/// The window between the Tidewire commit and the outbox delete, made on purpose: a row
+/// ingested into a real store and deleted is put back as if the delete had never happened.
+/// Read again, it is a replay: the room's log still has it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_read_again_after_its_append_is_a_replay() {
+    use crate::bus::memory::MemoryBus;
+    use crate::presence::memory::MemoryPresence;
+    use crate::service::Service;
+    use crate::store::{sqlite::SqliteStore, Retention, Store};
+
+    let Some((name, mut conn)) = fresh().await else {
+        return;
+    };
+    let url = format!(
+        "{}/{name}",
+        testing::admin_url().rsplit_once('/').unwrap().0
+    );
+    let store = Arc::new(
+        SqliteStore::open("sqlite::memory:", Retention::default())
+            .await
+            .unwrap(),
+    );
+    let presence = Arc::new(MemoryPresence::new(
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    ));
+    let service = Arc::new(Service::new(
+        store.clone(),
+        Arc::new(MemoryBus::new()),
+        presence,
+    ));
+    sqlx::raw_sql(
+        "SELECT tidewire.publish('r', 'chat', '{\"n\": 1}');
+         SELECT tidewire.put_item('r', 'a', '{\"n\": 2}', 'app-key');",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let saved: Vec<(i64, i32, String, String)> = sqlx::query_as(
+        "SELECT id, partition, op, coalesce(key, '') FROM tidewire.outbox ORDER BY id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let opts = Options {
+        poll: Duration::from_millis(100),
+        ..Options::default()
+    };
+    let consumer = Consumer::new(
+        url.parse().unwrap(),
+        opts,
+        Arc::downgrade(&service) as Weak<dyn Sink>,
+        Health::default(),
+    );
+    let task = tokio::spawn(consumer.run(None));
+    for _ in 0..200 {
+        if store.head("r").await.unwrap() == 2 && rows(&mut conn).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(store.head("r").await.unwrap(), 2);
+    // Put the rows back, ids and all, as a crash before the delete would have left them.
+    for (id, partition, op, key) in &saved {
+        let (event_type, item_id, data) = if op == "publish" {
+            (Some("chat"), None, "{\"n\": 1}")
+        } else {
+            (None, Some("a"), "{\"n\": 2}")
+        };
+        sqlx::query(
+            "INSERT INTO tidewire.outbox (id, partition, room, op, event_type, item_id, data, key)
+             VALUES ($1, $2, 'r', $3, $4, $5, $6::jsonb, nullif($7, ''))",
+        )
+        .bind(id)
+        .bind(partition)
+        .bind(op)
+        .bind(event_type)
+        .bind(item_id)
+        .bind(data)
+        .bind(key)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    sqlx::raw_sql("SELECT pg_notify('tidewire_outbox', '0')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if rows(&mut conn).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(rows(&mut conn).await, 0, "read again");
+    let log = store.read("r", 0, 10).await.unwrap();
+    assert_eq!(log.len(), 2, "each row once: {log:?}");
+    let keys: Vec<Option<String>> = log.iter().map(|e| e.envelope().unwrap().key).collect();
+    assert!(
+        keys[0].as_deref().unwrap().starts_with("outbox:"),
+        "{keys:?}"
+    );
+    assert_eq!(keys[1].as_deref(), Some("app-key"));
+    drop(service);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    conn.close().await.unwrap();
+    testing::drop_database(&name).await;
+}
