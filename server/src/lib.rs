@@ -21,6 +21,9 @@
 //! queue per connection, drained by SSE, WebSocket or long-poll). [`presence`] is ephemeral
 //! state; [`limits`], [`identity`] and [`shutdown`] are cross-cutting.
 //!
+//! The app's own PostgreSQL: `--outbox postgres://…` starts the [`outbox`] consumer, which
+//! appends what the app's committed transactions published (`docs/outbox.md`).
+//!
 //! Several nodes: `--database postgres://…` selects [`store::postgres`] and `--redis redis://…`
 //! the Redis [`bus`] and [`presence`] (see `docs/scaling.md`); without them a node runs on
 //! SQLite with the in-process bus.

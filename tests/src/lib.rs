@@ -8,6 +8,7 @@
 //! - [`Rest`]: typed writes, snapshot, history, presence, long-poll, raw requests.
 //! - [`SseClient`], [`WsClient`], [`PollClient`]: the three live transports.
 //! - [`Delivery`]: lost / duplicated accounting for resume tests.
+//! - [`Database`]: a fresh PostgreSQL database per test (the app's side of the outbox tests).
 //!
 //! ```no_run
 //! # async fn demo() -> tidewire_tests::Result<()> {
