@@ -202,11 +202,12 @@ $$;
 -- the value (to_jsonb). A NULL room leaves the row out. An update that moves a row to another
 -- room or id deletes it there first; an update that changes nothing sends nothing. With
 -- `backfill`, the rows already in the table are put now. Run it again to change the room
--- expression; unwatch_table(table) removes the trigger.
+-- expression; unwatch_table(table) removes the trigger. The expression runs with the
+-- caller's search_path, at watch time (checked on a NULL row, and for the backfill) as in
+-- the trigger.
 CREATE OR REPLACE FUNCTION tidewire.watch_table("table" regclass, room text, id_column text,
                                                 backfill boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     room_fn text;
@@ -274,7 +275,6 @@ $$;
 
 CREATE OR REPLACE FUNCTION tidewire.unwatch_table("table" regclass) RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF "table" IS NULL THEN
