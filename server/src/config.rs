@@ -75,7 +75,7 @@ pub struct Config {
     )]
     pub bus_drop_every: u64,
     /// HS256 secret for JWT auth; without it access is open (the demo).
-    #[arg(long, env = "TIDEWIRE_JWT_SECRET")]
+    #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Allowed CORS origins, comma separated (default: any origin).
     #[arg(long, env = "TIDEWIRE_CORS_ORIGIN", value_delimiter = ',')]
@@ -143,7 +143,7 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// The app's own PostgreSQL (`postgres://user@host/app`): installs the `tidewire` schema
     /// there and streams what the app's transactions publish into the rooms.
-    #[arg(long, env = "TIDEWIRE_OUTBOX")]
+    #[arg(long, env = "TIDEWIRE_OUTBOX", hide_env_values = true)]
     pub outbox: Option<String>,
     /// Milliseconds between outbox polls (they catch lost notifications and rebalance
     /// partitions between nodes).
@@ -151,7 +151,12 @@ pub struct Config {
     pub outbox_poll_ms: u64,
     /// Backend API keys, comma-separated (several for rotation): `Authorization: Bearer <key>`
     /// may read and write every room.
-    #[arg(long, env = "TIDEWIRE_API_KEY", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDEWIRE_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_key: Vec<String>,
     /// Seconds an idempotency key is remembered.
     #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
