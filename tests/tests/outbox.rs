@@ -396,3 +396,55 @@ async fn a_row_over_a_lowered_limit_is_a_dead_letter_and_the_room_flows_on() {
         .expect_err("the SQL checks the lowered limit");
     assert!(err.to_string().contains("limit 1000"), "{err}");
 }
+
+/// The outbox database drops every connection of the node, several times, while the app
+/// commits (notifications sent meanwhile are lost): the node reconnects, re-takes its
+/// partitions, and the poll finds every row; the room gets them all, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_outbox_connections_lose_no_row() {
+    let Some(app) = Database::create("tw_ob").await else {
+        return;
+    };
+    let server = node(None, app.url());
+    let pool = app.pool().await;
+    let mut sse = SseClient::connect(&server.url(), &SseRequest::rooms(&["r"]).since("r=0"))
+        .await
+        .expect("SSE");
+    for round in 0..5 {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND application_name NOT LIKE 'psql%'",
+        )
+        .execute(&pool)
+        .await
+        .expect("terminate");
+        for i in 0..10 {
+            // The pool's own connections may be among the terminated: retry once.
+            let call = "SELECT tidewire.publish('r', 'tick', jsonb_build_object('n', $1::int))";
+            let n = round * 10 + i;
+            if sqlx::query(call).bind(n).execute(&pool).await.is_err() {
+                sqlx::query(call)
+                    .bind(n)
+                    .execute(&pool)
+                    .await
+                    .expect("publish");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let ev = sse.next_durable(T).await.expect("an event");
+        match &ev.envelope.event {
+            Event::App(a) => got.push(a.data["n"].as_i64().unwrap()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        got,
+        (0..50).collect::<Vec<i64>>(),
+        "every row, once, in order"
+    );
+    drained(&pool, T).await;
+}
