@@ -34,6 +34,16 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(Box<Config>),
+    /// The outbox of the app's own PostgreSQL (`docs/outbox.md`).
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+}
+
+/// `tidewire outbox …`
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Print the SQL that `serve --outbox` installs (schema `tidewire`), for applying by hand.
+    Sql,
 }
 
 /// How log lines are written.
@@ -74,7 +84,7 @@ pub struct Config {
     )]
     pub bus_drop_every: u64,
     /// HS256 secret for JWT auth; without it access is open (the demo).
-    #[arg(long, env = "TIDEWIRE_JWT_SECRET")]
+    #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Allowed CORS origins, comma separated (default: any origin).
     #[arg(long, env = "TIDEWIRE_CORS_ORIGIN", value_delimiter = ',')]
@@ -197,6 +207,23 @@ pub struct Config {
     /// with room for the store. Over it, a small reserve still answers /healthz. 0: no cap.
     #[arg(long, env = "TIDEWIRE_MAX_CONNECTIONS", default_value_t = 16_000)]
     pub max_connections: usize,
+    /// The app's own PostgreSQL (`postgres://user@host/app`): installs the `tidewire` schema
+    /// there and streams what the app's transactions publish into the rooms.
+    #[arg(long, env = "TIDEWIRE_OUTBOX", hide_env_values = true)]
+    pub outbox: Option<String>,
+    /// Milliseconds between outbox polls (they catch lost notifications and rebalance
+    /// partitions between nodes).
+    #[arg(long, env = "TIDEWIRE_OUTBOX_POLL_MS", default_value_t = 1000)]
+    pub outbox_poll_ms: u64,
+    /// Backend API keys, comma-separated (several for rotation): `Authorization: Bearer <key>`
+    /// may read and write every room.
+    #[arg(
+        long,
+        env = "TIDEWIRE_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_key: Vec<String>,
     /// Seconds an idempotency key is remembered.
     #[arg(long, env = "TIDEWIRE_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
     pub idempotency_ttl_secs: u64,
@@ -269,6 +296,32 @@ mod tests {
         assert_eq!(c.keep_alive_timeout_ms, 60_000);
         assert_eq!(c.max_connections_per_address, 1024);
         assert_eq!(c.max_connections, 16_000);
+        assert!(c.outbox.is_none());
+        assert_eq!(c.outbox_poll_ms, 1000);
+        assert!(c.api_key.is_empty());
+    }
+
+    #[test]
+    fn outbox_and_api_key_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "tidewire",
+            "serve",
+            "--outbox",
+            "postgres://app@127.0.0.1/app",
+            "--outbox-poll-ms",
+            "250",
+            "--api-key",
+            "old-key-0123456789,new-key-0123456789",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(c.outbox.as_deref(), Some("postgres://app@127.0.0.1/app"));
+        assert_eq!(c.outbox_poll_ms, 250);
+        assert_eq!(c.api_key, ["old-key-0123456789", "new-key-0123456789"]);
+        let cli = Cli::try_parse_from(["tidewire", "outbox", "sql"]).unwrap();
+        assert!(matches!(cli.command, Command::Outbox(OutboxCommand::Sql)));
     }
 
     #[test]
@@ -280,7 +333,9 @@ mod tests {
             "10.0.0.0/8, 127.0.0.1,::1",
         ])
         .unwrap();
-        let Command::Serve(c) = cli.command;
+        let Command::Serve(c) = cli.command else {
+            panic!("serve")
+        };
         let shown: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
         assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
         let bad = Cli::try_parse_from(["tidewire", "serve", "--trusted-proxies", "10.0.0.0/33"])
@@ -305,7 +360,9 @@ mod tests {
             "app1:",
         ])
         .unwrap();
-        let Command::Serve(c) = cli.command;
+        let Command::Serve(c) = cli.command else {
+            panic!("serve")
+        };
         assert_eq!(c.redis.as_deref(), Some("redis://127.0.0.1:6379"));
         assert_eq!(c.redis_prefix, "app1:");
         assert_eq!(c.bus_drop_every, 0);
@@ -327,7 +384,9 @@ mod tests {
             "9000",
         ])
         .unwrap();
-        let Command::Serve(c) = cli.command;
+        let Command::Serve(c) = cli.command else {
+            panic!("serve")
+        };
         assert_eq!(
             (c.header_read_timeout_ms, c.keep_alive_timeout_ms),
             (250, 500)
@@ -354,7 +413,9 @@ mod tests {
             "http://a.test,http://b.test",
         ])
         .unwrap();
-        let Command::Serve(c) = cli.command;
+        let Command::Serve(c) = cli.command else {
+            panic!("serve")
+        };
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.cors_origin.len(), 2);
     }

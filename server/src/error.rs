@@ -102,6 +102,9 @@ pub enum Error {
     /// A shared backend other than the store (the ticket ledger in Redis) did not answer.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The app's outbox database (`--outbox`) failed or did not answer.
+    #[error("outbox: {0}")]
+    Outbox(String),
     /// A setting is invalid or a backend is not available yet.
     #[error("configuration: {0}")]
     Config(String),
@@ -132,7 +135,9 @@ impl Error {
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
             Error::TokenExpired => ErrorCode::TokenExpired,
             Error::ShuttingDown => ErrorCode::ShuttingDown,
-            Error::Store(_) | Error::Unavailable(_) => ErrorCode::StoreUnavailable,
+            Error::Store(_) | Error::Unavailable(_) | Error::Outbox(_) => {
+                ErrorCode::StoreUnavailable
+            }
             Error::Config(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -141,7 +146,7 @@ impl Error {
     /// only logged (a stable short detail instead).
     fn public_detail(&self) -> String {
         match self {
-            Error::Store(_) => STORE_UNAVAILABLE.to_owned(),
+            Error::Store(_) | Error::Outbox(_) => STORE_UNAVAILABLE.to_owned(),
             // The cause is logged; what a client sees is short and stable.
             Error::Unavailable(_) => BACKEND_UNAVAILABLE.to_owned(),
             Error::Internal(_) | Error::Config(_) => INTERNAL.to_owned(),
@@ -180,7 +185,11 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if matches!(
             self,
-            Error::Store(_) | Error::Unavailable(_) | Error::Internal(_) | Error::Config(_)
+            Error::Store(_)
+                | Error::Outbox(_)
+                | Error::Unavailable(_)
+                | Error::Internal(_)
+                | Error::Config(_)
         ) {
             tracing::error!(error = %self, "request failed");
         }

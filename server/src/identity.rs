@@ -33,6 +33,8 @@ pub struct Identify {
     pub auth: Option<Arc<Auth>>,
     /// Load balancers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<[IpNet]>,
+    /// Backend API keys (`--api-key`): they may read and write every room.
+    pub api_keys: crate::auth::api_key::ApiKeys,
 }
 
 /// The caller of a request.
@@ -52,6 +54,16 @@ impl ClientIdentity {
         ClientIdentity {
             key: key.into(),
             subject: None,
+            grant: None,
+        }
+    }
+
+    /// A backend holding API key number `index` (`--api-key`): it may do anything (no
+    /// grant), and its limits are counted against `api-key:<index>`.
+    pub fn backend(index: usize) -> Self {
+        ClientIdentity {
+            key: format!("api-key:{index}"),
+            subject: Some(format!("api-key:{index}")),
             grant: None,
         }
     }
@@ -114,10 +126,15 @@ where
 {
     type Rejection = Error;
 
-    /// Anonymous when auth is off. Otherwise the Bearer token wins, then `?ticket=`, then
+    /// A backend API key first (`--api-key`). Anonymous when auth is off. Otherwise the
+    /// Bearer token wins, then `?ticket=`, then
     /// the cookie; none of them is `401 unauthorized`.
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
         let state = Identify::from_ref(state);
+        // A backend API key (`--api-key`) may do anything, with or without JWT auth.
+        if let Some(i) = bearer(&parts.headers).and_then(|t| state.api_keys.find(t)) {
+            return Ok(ClientIdentity::backend(i));
+        }
         let Some(auth) = state.auth.as_ref() else {
             let key = parts
                 .extensions

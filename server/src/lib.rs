@@ -25,6 +25,9 @@
 //! state into the substates handlers extract; [`identity`], [`auth`], [`limits`],
 //! [`metrics`], [`shutdown`] and [`clock`] are cross-cutting.
 //!
+//! The app's own PostgreSQL: `--outbox postgres://…` starts the [`outbox`] consumer, which
+//! appends what the app's committed transactions published (`docs/outbox.md`).
+//!
 //! Several nodes: `--database postgres://…` selects [`store::postgres`] and `--redis redis://…`
 //! the Redis [`bus`] and [`presence`] (see `docs/scaling.md`); without them a node runs on
 //! SQLite with the in-process bus.
@@ -40,6 +43,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
+pub mod outbox;
 pub mod payload;
 pub mod policy;
 pub mod presence;
@@ -120,6 +124,7 @@ impl Server {
     /// retention. Must run inside a Tokio runtime.
     pub async fn new(config: Config) -> Result<Server> {
         let auth = backends::open_auth(&config).await?;
+        let api_keys = auth::api_key::ApiKeys::new(&config.api_key)?;
         let (store, bus, presence) = backends::open(&config).await?;
         let hub = Hub::new(store.clone());
         tokio::spawn(hub.clone().run(bus.subscribe()));
@@ -127,6 +132,7 @@ impl Server {
             spawn_head_check(Arc::downgrade(&hub), store.clone());
         }
         let service = Arc::new(Service::new(store, bus, presence));
+        let outbox = outbox::spawn(&config, &service).await?;
         let limits = Arc::new(Limits::new(
             config.max_connections_per_client,
             config.write_rate,
@@ -154,10 +160,12 @@ impl Server {
             identify: Identify {
                 auth,
                 trusted_proxies: config.trusted_proxies.clone().into(),
+                api_keys,
             },
             ops: Ops {
                 metrics: metrics::install(),
                 shutdown,
+                outbox,
             },
             body_limit: BodyLimit(config.max_body_bytes),
         };

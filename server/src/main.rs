@@ -3,6 +3,7 @@
 //! ```text
 //! tidewire serve --listen 127.0.0.1:0 --database sqlite::memory:
 //! tidewire listening on http://127.0.0.1:41234
+//! tidewire outbox sql | psql "$APP_DATABASE"   # the outbox schema, applied by hand
 //! ```
 
 use std::io::{IsTerminal, Write};
@@ -10,14 +11,22 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tidewire_server::config::{Cli, Command, LogFormat};
+use tidewire_server::config::{Cli, Command, LogFormat, OutboxCommand};
 use tidewire_server::{serve, shutdown, Server};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let Cli { command } = Cli::parse();
-    let Command::Serve(config) = command;
+    let config = match command {
+        Command::Serve(config) => config,
+        Command::Outbox(OutboxCommand::Sql) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(tidewire_server::outbox::sql::script().as_bytes())?;
+            out.flush()?;
+            return Ok(());
+        }
+    };
     let config = *config;
     init_logs(config.log.as_deref(), config.log_format);
     let listen = config.listen;

@@ -318,6 +318,28 @@ pub fn connection_timed_out(reason: &'static str) {
     metrics::counter!("tidewire_connections_timed_out_total", "reason" => reason).increment(1);
 }
 
+/// Rows waiting in the outbox, and the age of the oldest, in seconds (read every poll).
+pub fn outbox_pending(rows: i64, oldest_secs: f64) {
+    metrics::gauge!("tidewire_outbox_rows_pending").set(rows as f64);
+    metrics::gauge!("tidewire_outbox_oldest_pending_seconds").set(oldest_secs);
+}
+
+/// Outbox rows appended to their rooms (idempotent replays of rows read twice included).
+pub fn outbox_ingested(rows: u64) {
+    metrics::counter!("tidewire_outbox_ingested_total").increment(rows);
+}
+
+/// Outbox rows the server refused, moved to `tidewire.dead_letters`.
+pub fn outbox_dead_letters(rows: u64) {
+    metrics::counter!("tidewire_outbox_dead_letters_total").increment(rows);
+}
+
+/// The consumer woke up: `notify` (a notification arrived) or `poll` (the poll interval
+/// found rows no notification had announced).
+pub fn outbox_wakeup(by: &'static str) {
+    metrics::counter!("tidewire_outbox_wakeups_total", "by" => by).increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

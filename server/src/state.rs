@@ -32,6 +32,8 @@ pub struct Ops {
     pub metrics: PrometheusHandle,
     /// The draining flag.
     pub shutdown: Arc<Shutdown>,
+    /// Whether the app's outbox database answers (`--outbox`; `None` without it).
+    pub outbox: Option<crate::outbox::Health>,
 }
 
 /// Request limits the REST routes report in their errors.

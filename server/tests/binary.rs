@@ -33,3 +33,20 @@ fn an_unreachable_postgres_or_unknown_database_is_a_clear_error() {
         assert!(started.elapsed() < Duration::from_secs(15));
     }
 }
+
+#[test]
+fn outbox_sql_prints_the_install_script() {
+    let out = tidewire().args(["outbox", "sql"]).output().unwrap();
+    assert!(out.status.success());
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(sql, tidewire_server::outbox::sql::script());
+    for f in [
+        "publish(",
+        "put_item(",
+        "delete_item(",
+        "watch_table(",
+        "unwatch_table(",
+    ] {
+        assert!(sql.contains(&format!("FUNCTION tidewire.{f}")), "{f}");
+    }
+}

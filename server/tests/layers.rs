@@ -18,7 +18,9 @@ const LAYERS: &[&[&str]] = &[
     // The ordered write path, the local fan-out and its queues.
     &["outbound"],
     &["service", "hub"],
-    &["policy"],
+    // The write policy for clients; the consumer of the app's own database (it writes
+    // through the service, as a backend may).
+    &["policy", "outbox"],
     &["session"],
     &["transport", "state"],
     &["routes"],

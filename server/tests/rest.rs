@@ -481,3 +481,68 @@ async fn unreachable_backends_fail_clearly() {
         );
     }
 }
+
+/// A backend API key may write (and read) every room whatever JWT auth says; a wrong key, a
+/// short key or a token that is neither is refused.
+#[tokio::test]
+async fn api_keys_write_every_room_beside_jwt_auth() {
+    let keys = "old-backend-key-0001,new-backend-key-0002";
+    let app = app_with(|c| {
+        c.jwt_secret = Some("jwt-secret".into());
+        c.api_key = keys.split(',').map(str::to_owned).collect();
+    })
+    .await;
+    for key in keys.split(',') {
+        let bearer = format!("Bearer {key}");
+        let res = call(
+            &app,
+            Method::PUT,
+            "/v1/rooms/any-room/items/a",
+            &[("authorization", &bearer)],
+            "1",
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+        let res = call(
+            &app,
+            Method::GET,
+            "/v1/rooms/any-room/snapshot",
+            &[("authorization", &bearer)],
+            "",
+        )
+        .await;
+        assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+    }
+    for wrong in ["Bearer old-backend-key-0002", "Bearer x"] {
+        let res = call(
+            &app,
+            Method::PUT,
+            "/v1/rooms/any-room/items/a",
+            &[("authorization", wrong)],
+            "1",
+        )
+        .await;
+        assert_problem(&res, 401, "unauthorized");
+    }
+    // Without JWT auth access is open anyway: the key is simply accepted.
+    let open = app_with(|c| c.api_key = vec!["only-backend-key-01".into()]).await;
+    let res = call(
+        &open,
+        Method::POST,
+        "/v1/rooms/r/events",
+        &[("authorization", "Bearer only-backend-key-01")],
+        r#"{"type":"chat","data":1}"#,
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::OK, "{:?}", res.body);
+    let mut config = Config {
+        database: "sqlite::memory:".into(),
+        ..Config::default()
+    };
+    config.api_key = vec!["short".into()];
+    let err = Server::new(config)
+        .await
+        .err()
+        .expect("a short key is refused");
+    assert!(err.to_string().contains("--api-key"), "{err}");
+}

@@ -8,6 +8,7 @@
 //! - [`Rest`]: typed writes, snapshot, history, presence, long-poll, raw requests.
 //! - [`SseClient`], [`WsClient`], [`PollClient`]: the three live transports.
 //! - [`Delivery`]: lost / duplicated accounting for resume tests.
+//! - [`Database`]: a fresh PostgreSQL database per test (the app's side of the outbox tests).
 //!
 //! ```no_run
 //! # async fn demo() -> tidewire_tests::Result<()> {
@@ -43,6 +44,7 @@
 
 mod check;
 mod error;
+mod pg;
 mod poll;
 pub mod proxy;
 mod raw_http;
@@ -53,6 +55,7 @@ mod ws;
 
 pub use check::{Counts, Delivery};
 pub use error::{within, Error, Result};
+pub use pg::Database;
 pub use poll::PollClient;
 pub use raw_http::{dechunk, split_response};
 pub use rest::{decode_body, metric_sum, Answer, RawAnswer, Rest, WriteOptions, REQUEST_TIMEOUT};

@@ -21,6 +21,9 @@
 //! - `probes`: the hostile clients of the security audit (slowloris from two processes, a
 //!   16,000-pair cursor, 8,000 presence rooms, 300 × 512 KiB broadcasts to a stalled reader)
 //!   while `/healthz` is timed and RSS read.
+//! - `outbox_crash`: 8 app writers commit 2,000 transactions through the outbox of their own
+//!   PostgreSQL while Tidewire is killed twice (and left down a while); every committed call
+//!   is in the log once, in commit order, and nothing rolled back.
 //! - `restart_storm`: many SSE clients across a graceful restart; reconnects spread over the
 //!   drain window, all resume, nothing lost.
 //! - `slow_consumer`: fast SSE subscribers and one slow one (a tiny receive buffer, a read
@@ -37,6 +40,8 @@ mod crash;
 mod disk_full;
 #[path = "drills/net_cut.rs"]
 mod net_cut;
+#[path = "drills/outbox_crash.rs"]
+mod outbox_crash;
 #[path = "drills/probes.rs"]
 mod probes;
 #[path = "drills/restart_storm.rs"]

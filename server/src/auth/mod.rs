@@ -20,6 +20,7 @@
 //! # });
 //! ```
 
+pub mod api_key;
 pub mod ledger;
 
 use std::sync::Arc;

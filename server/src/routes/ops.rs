@@ -1,7 +1,12 @@
 //! `GET /metrics` (Prometheus text) and `GET /healthz` (`200 ok`, `503` while draining).
 //!
+//! With `--outbox`, a node whose outbox database does not answer still serves its clients
+//! from its own store: `/healthz` stays `200` (it is alive and ready) but says `degraded`.
+//!
 //! ```text
 //! GET /healthz → 200 ok
+//! GET /healthz → 200 degraded: outbox database unreachable
+//! GET /healthz → 503 draining
 //! ```
 
 use axum::extract::State;
@@ -29,6 +34,8 @@ pub async fn metrics(State(state): State<Ops>) -> impl IntoResponse {
 pub async fn healthz(State(state): State<Ops>) -> impl IntoResponse {
     if state.shutdown.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.outbox.as_ref().is_some_and(|h| h.problem().is_some()) {
+        (StatusCode::OK, "degraded: outbox database unreachable")
     } else {
         (StatusCode::OK, "ok")
     }

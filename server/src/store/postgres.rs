@@ -435,7 +435,7 @@ impl Store for PostgresStore {
 
 /// Test helpers: a throwaway database on the local PostgreSQL.
 #[cfg(test)]
-mod testing {
+pub(crate) mod testing {
     use sqlx::Connection;
 
     /// The server the tests use: `TIDEWIRE_TEST_POSTGRES` or the local default.
