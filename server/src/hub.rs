@@ -6,6 +6,21 @@
 //! `seq > last + 1` reveals a gap (a lossy bus), which is filled from the store before the
 //! message is delivered. The hub never asks which transport a connection uses.
 //!
+//! **Interest**: a hub made [`with_bus`](Hub::with_bus) tells the bus to
+//! [`follow`](crate::bus::Bus::follow) a room when its first local connection registers and
+//! to [`unfollow`](crate::bus::Bus::unfollow) it when the last one leaves (or is cut off as
+//! slow), so the node receives only the rooms it delivers. The bus batches these calls.
+//!
+//! **Nothing falls between subscribing and reading the head.** A connection registers with
+//! the hub before it reads the room's head from the store, but the bus subscription it
+//! triggers is confirmed a few milliseconds later. An event committed in that window reaches
+//! the connection anyway, three ways: (1) when the bus yields
+//! [`Followed`](crate::bus::BusEvent::Followed) the hub reads the room's head from the store
+//! once and delivers it if it is past what the hub delivered (writes commit before they are
+//! published, so any event the subscription missed is at or below that head); (2) the
+//! session fills any `seq` gap the next live event reveals from the store; (3) with Redis
+//! the periodic head check does (1) every second for every followed room.
+//!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use std::sync::Arc;
@@ -27,7 +42,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::bus::{BusMessage, Kind};
+use crate::bus::{Bus, BusEvent, BusMessage, Kind};
 use crate::metrics;
 use crate::outbound::{self, Outbound, Outbox, Push};
 use crate::Store;
@@ -47,15 +62,40 @@ struct RoomSubs {
 pub struct Hub {
     rooms: Mutex<HashMap<Arc<str>, RoomSubs>>,
     store: Arc<dyn Store>,
+    bus: Option<Arc<dyn Bus>>,
 }
 
 impl Hub {
-    /// A hub that fills gaps from `store`.
+    /// A hub that fills gaps from `store` and declares no interest (its bus delivers every
+    /// room).
     pub fn new(store: Arc<dyn Store>) -> Arc<Hub> {
         Arc::new(Hub {
             rooms: Mutex::new(HashMap::new()),
             store,
+            bus: None,
         })
+    }
+
+    /// A hub that tells `bus` which rooms this node follows; run it on
+    /// [`bus.events()`](Bus::events) with [`run_events`](Hub::run_events).
+    pub fn with_bus(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Hub> {
+        Arc::new(Hub {
+            rooms: Mutex::new(HashMap::new()),
+            store,
+            bus: Some(bus),
+        })
+    }
+
+    fn first_follower(&self, room: &str) {
+        if let Some(bus) = &self.bus {
+            bus.follow(room);
+        }
+    }
+
+    fn last_follower_left(&self, room: &str) {
+        if let Some(bus) = &self.bus {
+            bus.unfollow(room);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomSubs>> {
@@ -65,7 +105,10 @@ impl Hub {
     /// Connection `conn` follows `room` (again: updates its presence flag).
     pub fn register(&self, room: &str, conn: &str, outbox: Outbox, presence: bool) {
         let mut rooms = self.lock();
-        let entry = rooms.entry(room.into()).or_default();
+        let entry = rooms.entry(room.into()).or_insert_with(|| {
+            self.first_follower(room);
+            RoomSubs::default()
+        });
         entry.subs.insert(conn.into(), Sub { outbox, presence });
     }
 
@@ -76,6 +119,7 @@ impl Hub {
             entry.subs.remove(conn);
             if entry.subs.is_empty() {
                 rooms.remove(room);
+                self.last_follower_left(room);
             }
         }
     }
@@ -98,6 +142,55 @@ impl Hub {
     pub async fn run(self: Arc<Self>, mut messages: BoxStream<'static, BusMessage>) {
         while let Some(msg) = messages.next().await {
             self.deliver(msg).await;
+        }
+    }
+
+    /// Consumes the bus's [`events`](Bus::events) until they end: messages are delivered;
+    /// rooms newly subscribed get their head read once from the store (in the background),
+    /// which delivers anything published before the subscription took hold.
+    pub async fn run_events(self: Arc<Self>, mut events: BoxStream<'static, BusEvent>) {
+        while let Some(event) = events.next().await {
+            match event {
+                BusEvent::Message(msg) => self.deliver(msg).await,
+                BusEvent::Followed(rooms) => {
+                    let hub = Arc::downgrade(&self);
+                    tokio::spawn(async move {
+                        for room in rooms {
+                            let Some(hub) = hub.upgrade() else { return };
+                            hub.check_head(&room).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads `room`'s head from the store and delivers it when it is past what this hub
+    /// delivered (a gap before it is filled from the store as usual). For a room no local
+    /// connection follows it does nothing.
+    pub async fn check_head(&self, room: &str) {
+        let last = match self.lock().get(room) {
+            None => return,
+            Some(r) => r.last_seq,
+        };
+        let head = match self.store.head(room).await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::warn!(%room, %err, "head check");
+                return;
+            }
+        };
+        if head == 0 || last.is_some_and(|l| l >= head) {
+            return;
+        }
+        match self.store.read(room, head - 1, 1).await {
+            Ok(events) => {
+                for ev in events {
+                    self.deliver(BusMessage::durable(room, ev.seq, ev.json.into()))
+                        .await;
+                }
+            }
+            Err(err) => tracing::warn!(%room, %err, "head check"),
         }
     }
 
@@ -186,6 +279,7 @@ impl Hub {
         }
         if entry.subs.is_empty() {
             rooms.remove(room);
+            self.last_follower_left(room);
         }
     }
 }

@@ -121,17 +121,21 @@ impl Server {
     pub async fn new(config: Config) -> Result<Server> {
         let auth = backends::open_auth(&config).await?;
         let (store, bus, presence) = backends::open(&config).await?;
-        let hub = Hub::new(store.clone());
-        tokio::spawn(hub.clone().run(bus.subscribe()));
+        let hub = Hub::with_bus(store.clone(), bus.clone());
+        tokio::spawn(hub.clone().run_events(bus.events()));
         if config.redis.is_some() {
             spawn_head_check(Arc::downgrade(&hub), store.clone());
         }
         let service = Arc::new(Service::new(store, bus, presence));
-        let limits = Arc::new(Limits::new(
+        let mut limits = Limits::new(
             config.max_connections_per_client,
             config.write_rate,
             config.write_burst,
-        ));
+        );
+        if let Some(cluster) = backends::open_limits(&config).await? {
+            limits = limits.with_cluster(cluster);
+        }
+        let limits = Arc::new(limits);
         let policy = Policy::new(service.clone(), limits, config.max_item_bytes);
         let shutdown = Arc::new(Shutdown::new(config.drain_window()));
         let sessions = Arc::new(Sessions::new(

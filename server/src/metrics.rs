@@ -10,6 +10,10 @@
 //! | `tidewire_replays_total`, `tidewire_resyncs_total` | counter | |
 //! | `tidewire_bus_duplicates_total`, `tidewire_bus_gaps_filled_total` | counter | |
 //! | `tidewire_write_latency_seconds`, `tidewire_write_batch_size` | summary | |
+//! | `tidewire_bus_messages_received_total` | counter | | (messages this node took off the Redis bus)
+//! | `tidewire_bus_rooms_subscribed` | gauge | | (rooms this node is subscribed to on the bus)
+//! | `tidewire_bus_subscribe_commands_total`, `tidewire_bus_unsubscribe_commands_total` | counter | |
+//! | `tidewire_limits_cluster_errors_total` | counter | | (cluster-wide limit checks that fell back to the node's own)
 //!
 //! ```
 //! let handle = tidewire_server::metrics::install();
@@ -121,4 +125,29 @@ pub fn write_batch(writes: usize) {
 /// Time from a write's arrival to its answer (commit and publish included).
 pub fn write_latency(d: Duration) {
     metrics::histogram!("tidewire_write_latency_seconds").record(d.as_secs_f64());
+}
+
+/// A message was received from the Redis bus.
+pub fn bus_received() {
+    metrics::counter!("tidewire_bus_messages_received_total").increment(1);
+}
+
+/// How many rooms this node is subscribed to on the bus.
+pub fn bus_rooms_subscribed(rooms: usize) {
+    metrics::gauge!("tidewire_bus_rooms_subscribed").set(rooms as f64);
+}
+
+/// `SUBSCRIBE`/`SSUBSCRIBE` commands sent.
+pub fn bus_subscribe_commands(n: u64) {
+    metrics::counter!("tidewire_bus_subscribe_commands_total").increment(n);
+}
+
+/// `UNSUBSCRIBE`/`SUNSUBSCRIBE` commands sent.
+pub fn bus_unsubscribe_commands(n: u64) {
+    metrics::counter!("tidewire_bus_unsubscribe_commands_total").increment(n);
+}
+
+/// A cluster-wide limit check could not reach Redis and the node's own limit decided.
+pub fn limits_cluster_error() {
+    metrics::counter!("tidewire_limits_cluster_errors_total").increment(1);
 }

@@ -62,7 +62,7 @@ impl Policy {
     /// item's size, then writes.
     pub async fn write(&self, who: &ClientIdentity, req: WriteRequest) -> Result<Written> {
         authorize(who, &req.room, Access::Write)?;
-        self.limits.check_write(&who.key)?;
+        self.limits.check_write(&who.key).await?;
         if let WriteOp::Put { value, .. } = &req.op {
             let size = json_len(value);
             if size > self.max_item_bytes {

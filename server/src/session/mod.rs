@@ -138,17 +138,17 @@ impl Sessions {
     }
 
     /// Opens a connection for `identity` (counted against its connection limit).
-    pub fn open(
+    pub async fn open(
         self: &Arc<Self>,
         identity: ClientIdentity,
         transport: TransportKind,
         client_id: Option<String>,
     ) -> Result<Session> {
-        Session::open(self.clone(), identity, transport, client_id)
+        Session::open(self.clone(), identity, transport, client_id).await
     }
 
     /// Opens a connection for the bearer of `token` (a WebSocket's first `auth` frame).
-    pub fn open_with_token(
+    pub async fn open_with_token(
         self: &Arc<Self>,
         token: &str,
         transport: TransportKind,
@@ -159,7 +159,7 @@ impl Sessions {
             .as_ref()
             .ok_or_else(|| Error::Unauthorized("auth is off".into()))?;
         let identity = ClientIdentity::authenticated(auth.verify(token)?);
-        self.open(identity, transport, client_id)
+        self.open(identity, transport, client_id).await
     }
 }
 
@@ -188,7 +188,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn open(
+    async fn open(
         state: Arc<Sessions>,
         identity: ClientIdentity,
         transport: TransportKind,
@@ -197,7 +197,7 @@ impl Session {
         if state.shutdown.is_draining() {
             return Err(Error::ShuttingDown);
         }
-        let guard = state.limits.connect(&identity.key)?;
+        let guard = state.limits.connect(&identity.key).await?;
         let (outbox, inbox) = queue_for(state.settings.queue_capacity, transport);
         let id: Arc<str> = ulid::Ulid::generate().to_string().into();
         let client_id = match client_id {
@@ -598,6 +598,7 @@ mod tests {
             .state()
             .sessions
             .open(id, TransportKind::Sse, None)
+            .await
             .unwrap();
         let since: Cursor = "r=0".parse().unwrap();
         assert!(session
@@ -636,6 +637,7 @@ mod tests {
             .state()
             .sessions
             .open(id, TransportKind::Ws, None)
+            .await
             .unwrap();
         append_unpublished(&s, "r", 1).await;
         session
@@ -665,6 +667,7 @@ mod tests {
             .state()
             .sessions
             .open(id, TransportKind::Ws, None)
+            .await
             .unwrap();
         let rooms: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let err = session
