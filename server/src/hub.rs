@@ -364,6 +364,75 @@ mod tests {
         assert_eq!(c2.try_recv(), Some(Outbound::Message("p".into())));
     }
 
+    /// A bus that records interest calls.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Bus for Recording {
+        async fn publish(&self, _msg: BusMessage) -> crate::Result<()> {
+            Ok(())
+        }
+        fn subscribe(&self) -> BoxStream<'static, BusMessage> {
+            futures::stream::empty().boxed()
+        }
+        fn follow(&self, room: &str) {
+            self.0.lock().unwrap().push(format!("+{room}"));
+        }
+        fn unfollow(&self, room: &str) {
+            self.0.lock().unwrap().push(format!("-{room}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bus_is_told_of_the_first_follower_and_the_last_to_leave() {
+        let store = Arc::new(
+            SqliteStore::open("sqlite::memory:", Retention::default())
+                .await
+                .unwrap(),
+        );
+        let bus = Arc::new(Recording::default());
+        let hub = Hub::with_bus(store.clone(), bus.clone());
+        let (o1, _i1) = queue(8);
+        let (o2, _i2) = queue(8);
+        let (slow, _s) = queue(1);
+        hub.register("r", "c1", o1.clone(), false);
+        hub.register("r", "c2", o2, false);
+        hub.register("r", "c1", o1, true);
+        hub.unregister("r", "c1");
+        hub.unregister("r", "c2");
+        hub.unregister("r", "c2");
+        // A room whose only follower is cut off as slow is unfollowed too.
+        hub.register("s", "slow", slow, false);
+        for _ in 0..3 {
+            hub.deliver(BusMessage::broadcast("s", None, "x".into()))
+                .await;
+        }
+        assert_eq!(*bus.0.lock().unwrap(), ["+r", "-r", "+s", "-s"]);
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_subscription_delivers_what_it_missed() {
+        let (store, hub, mut inbox) = setup().await;
+        // Committed (and published) before the bus subscription held: never seen live.
+        let _m1 = append(&store).await;
+        let _m2 = append(&store).await;
+        hub.clone()
+            .run_events(futures::stream::iter([BusEvent::Followed(vec!["r".into()])]).boxed())
+            .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.is_empty() && tokio::time::Instant::now() < deadline {
+            got.extend(seqs(&mut inbox));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            got,
+            [2],
+            "the head is delivered (the session fills what is before it)"
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_marks_the_connection_slow_and_unregisters_it() {
         let (store, hub, _c1) = setup().await;

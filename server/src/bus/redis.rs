@@ -255,6 +255,7 @@ impl Subscriber {
     /// One connection to a single Redis, until it fails or the stream is dropped.
     async fn single(&self, client: &redis::Client) -> redis::RedisResult<()> {
         let (mut sink, mut stream) = client.get_async_pubsub().await?.split();
+        tracing::info!(prefix = %self.prefix, "subscribed to the Redis bus");
         let mut subscribed: HashSet<Arc<str>> = HashSet::new();
         let mut fresh = true;
         let result = async {
@@ -308,6 +309,7 @@ impl Subscriber {
             })
             .build()?;
         let conn = client.get_async_connection().await?;
+        tracing::info!(prefix = %self.prefix, "subscribed to the Redis Cluster bus");
         let mut subscribed: HashSet<Arc<str>> = HashSet::new();
         let mut fresh = true;
         let prefix_len = self.prefix.len();
