@@ -922,3 +922,44 @@ async fn the_write_rate_counts_across_3_nodes(kind: Kind) {
         assert!(refused.header("retry-after").is_some());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_connections_stop_counting_after_the_ttl() {
+    let Some(dep) = Deployment::new(Kind::Single) else {
+        return;
+    };
+    let flags = [
+        ("max-connections-per-client", "1"),
+        ("cluster-limits-ttl-ms", "1500"),
+    ];
+    let (mut a, b) = (dep.node(&flags), dep.node(&flags));
+    let http = reqwest::Client::new();
+    let held = open_sse(&http, &a).await;
+    assert_eq!(held.status(), 200);
+    assert_eq!(
+        open_sse(&http, &b).await.status(),
+        429,
+        "A's connection counts on B"
+    );
+    let killed = Instant::now();
+    a.kill_hard();
+    drop(held);
+    let deadline = Instant::now() + T;
+    let _again = loop {
+        let r = open_sse(&http, &b).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's slot never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = killed.elapsed();
+    println!("the slot ran out {waited:?} after node A died");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "not before the TTL: {waited:?}"
+    );
+}

@@ -321,8 +321,16 @@ mod tests {
         if !crate::testing::redis::ensure().await {
             return None;
         }
+        two_nodes_on(&crate::testing::redis::url(), grace_ms, ttl_ms).await
+    }
+
+    async fn two_nodes_on(
+        url: &str,
+        grace_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<(String, RedisPresence, RedisPresence)> {
         let prefix = format!("tw-test-{}:", ulid::Ulid::generate());
-        let url = crate::testing::redis::url();
+        let url = url.to_owned();
         let open = || {
             RedisPresence::connect(
                 &url,
@@ -393,5 +401,33 @@ mod tests {
             .collect();
         assert_eq!(ids, ["bob"]);
         crate::testing::redis::clean(&prefix).await;
+    }
+
+    #[tokio::test]
+    async fn on_a_redis_cluster_a_room_s_keys_share_a_slot_and_members_expire() {
+        let Some(cluster) = crate::testing::redis_cluster::Cluster::start() else {
+            return;
+        };
+        let (_prefix, a, b) = two_nodes_on(&cluster.spec(), 100, 300).await.unwrap();
+        assert_eq!(
+            crate::redis_conn::slot(&a.members_key("r")),
+            crate::redis_conn::slot(&a.holders_key("r"))
+        );
+        a.join("r", "c1", member("ada", json!({}))).await.unwrap();
+        b.join("r", "c2", member("bob", json!({}))).await.unwrap();
+        b.join("s", "c2", member("bob", json!({}))).await.unwrap();
+        assert_eq!(a.members("r").await.unwrap().len(), 2);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            b.touch("c2").await.unwrap();
+        }
+        let gone = b.reap().await.unwrap();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert_eq!(gone[0].1.client_id, "ada");
+        b.leave("r", "c2", "bob").await.unwrap();
+        b.leave("s", "c2", "bob").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(a.reap().await.unwrap().len(), 2);
+        assert!(a.members("s").await.unwrap().is_empty());
     }
 }
