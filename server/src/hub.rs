@@ -1,6 +1,6 @@
 //! Fan-out to this node's connections.
 //!
-//! The hub consumes the [`Bus`](crate::bus::Bus) and pushes each message into the bounded
+//! The hub consumes the [`Bus`] and pushes each message into the bounded
 //! queue of every local connection following its room. Per room it remembers the last `seq`
 //! it delivered: a message with `seq <= last` is a duplicate and dropped; a message with
 //! `seq > last + 1` reveals a gap (a lossy bus), which is filled from the store before the

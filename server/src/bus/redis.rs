@@ -189,7 +189,7 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Connects to `spec` (a `--redis` value: one Redis or a cluster, see
-    /// [`redis_conn`](crate::redis_conn)); channels are named with `prefix`. `drop_every > 0`
+    /// [`redis_conn`]); channels are named with `prefix`. `drop_every > 0`
     /// is for tests: every `drop_every`-th durable message is not published, as a lossy
     /// network would.
     pub async fn connect(spec: &str, prefix: &str, drop_every: u64) -> Result<RedisBus> {
