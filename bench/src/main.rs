@@ -20,6 +20,7 @@ mod pool;
 mod proto;
 mod seqcheck;
 mod servers;
+mod simulate;
 mod sse;
 mod storm;
 mod worker;
@@ -78,6 +79,9 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Model N nodes (10 to 1,000) and M connections (to 10 million) and print the
+    /// single-channel bus against the interest-based one (pure computation, see `simulate`).
+    Simulate(simulate::SimArgs),
     /// Hold a share of the clients and answer the generator on stdin/stdout (started by `all`).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -646,6 +650,10 @@ async fn main() {
         Cmd::All(a) => all(a).await,
         Cmd::Baseline { listen } => baseline::serve(listen).await,
         Cmd::Worker(w) => worker::serve(w).await,
+        Cmd::Simulate(a) => {
+            simulate::run(&a);
+            Ok(())
+        }
     };
     if let Err(e) = r {
         eprintln!("tidewire-bench: {e}");

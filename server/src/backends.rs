@@ -5,7 +5,9 @@
 //! ```text
 //! --database sqlite://tidewire.db   → store::sqlite   (feature `sqlite`)
 //! --database postgres://…           → store::postgres (feature `postgres`)
-//! --redis redis://…                 → bus::redis, presence::redis, auth::ledger (feature `redis`)
+//! --redis redis://…                 → bus::redis, presence::redis, auth::ledger,
+//!                                      limits::redis (feature `redis`)
+//! --redis redis+cluster://h1,h2,…    → the same on a Redis Cluster (sharded pub/sub)
 //! ```
 
 use std::sync::Arc;
@@ -61,9 +63,40 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>> {
     )))
 }
 
+/// Redis key names put the room (or client) in a `{…}` hash tag, so the prefix must not
+/// hold braces of its own.
+fn check_prefix(config: &Config) -> Result<()> {
+    if config.redis.is_some() && config.redis_prefix.contains(['{', '}']) {
+        return Err(Error::Config(format!(
+            "--redis-prefix `{}` must not contain `{{` or `}}` (they would pick the Redis Cluster slot)",
+            config.redis_prefix
+        )));
+    }
+    Ok(())
+}
+
+/// The cluster-wide limits with `--redis`; none without.
+pub async fn open_limits(config: &Config) -> Result<Option<Arc<dyn crate::limits::Cluster>>> {
+    match config.redis.as_deref() {
+        #[cfg(feature = "redis")]
+        Some(url) => Ok(Some(
+            crate::limits::redis::RedisLimits::connect(
+                url,
+                &config.redis_prefix,
+                Duration::from_millis(config.cluster_limits_ttl_ms),
+            )
+            .await?,
+        )),
+        #[cfg(not(feature = "redis"))]
+        Some(_) => Err(not_built("the Redis limits", "redis")),
+        None => Ok(None),
+    }
+}
+
 async fn open_fan_out(config: &Config) -> Result<(Arc<dyn Bus>, Arc<dyn Presence>)> {
     let grace = Duration::from_millis(config.presence_grace_ms);
     let ttl = config.idle_timeout() + grace;
+    check_prefix(config)?;
     match config.redis.as_deref() {
         #[cfg(feature = "redis")]
         Some(url) => Ok((

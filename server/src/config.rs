@@ -70,6 +70,7 @@ pub struct Config {
     )]
     pub database: String,
     /// Redis URL (`redis://host:6379`) for several nodes: the bus and presence go through it.
+    /// A Redis Cluster: comma-separated seed URLs, or `redis+cluster://host:port,host:port`.
     #[arg(long, env = "TIDEWIRE_REDIS")]
     pub redis: Option<String>,
     /// Prefix of every Redis key and channel (several deployments can share one Redis).
@@ -83,6 +84,12 @@ pub struct Config {
         hide = true
     )]
     pub bus_drop_every: u64,
+    // Scale-out (issue #20): the flags of the interest-based bus, Redis Cluster and the
+    // cluster-wide limits. `--redis` itself also accepts a cluster (see `redis_conn`).
+    /// With `--redis`: how long a connection's cluster-wide slot (connections per client)
+    /// outlives its node's last refresh; a killed node's connections stop counting after it.
+    #[arg(long, env = "TIDEWIRE_CLUSTER_LIMITS_TTL_MS", default_value_t = 30_000)]
+    pub cluster_limits_ttl_ms: u64,
     /// HS256 secret for JWT auth; without it access is open (the demo).
     #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

@@ -1,10 +1,25 @@
 //! Fan-out to this node's connections.
 //!
-//! The hub consumes the [`Bus`](crate::bus::Bus) and pushes each message into the bounded
+//! The hub consumes the [`Bus`] and pushes each message into the bounded
 //! queue of every local connection following its room. Per room it remembers the last `seq`
 //! it delivered: a message with `seq <= last` is a duplicate and dropped; a message with
 //! `seq > last + 1` reveals a gap (a lossy bus), which is filled from the store before the
 //! message is delivered. The hub never asks which transport a connection uses.
+//!
+//! **Interest**: a hub made [`with_bus`](Hub::with_bus) tells the bus to
+//! [`follow`](crate::bus::Bus::follow) a room when its first local connection registers and
+//! to [`unfollow`](crate::bus::Bus::unfollow) it when the last one leaves (or is cut off as
+//! slow), so the node receives only the rooms it delivers. The bus batches these calls.
+//!
+//! **Nothing falls between subscribing and reading the head.** A connection registers with
+//! the hub before it reads the room's head from the store, but the bus subscription it
+//! triggers is confirmed a few milliseconds later. An event committed in that window reaches
+//! the connection anyway, three ways: (1) when the bus yields
+//! [`Followed`](crate::bus::BusEvent::Followed) the hub reads the room's head from the store
+//! once and delivers it if it is past what the hub delivered (writes commit before they are
+//! published, so any event the subscription missed is at or below that head); (2) the
+//! session fills any `seq` gap the next live event reveals from the store; (3) with Redis
+//! the periodic head check does (1) every second for every followed room.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -27,7 +42,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::bus::{BusMessage, Kind};
+use crate::bus::{Bus, BusEvent, BusMessage, Kind};
 use crate::metrics;
 use crate::outbound::{self, Outbound, Outbox, Push};
 use crate::Store;
@@ -47,15 +62,40 @@ struct RoomSubs {
 pub struct Hub {
     rooms: Mutex<HashMap<Arc<str>, RoomSubs>>,
     store: Arc<dyn Store>,
+    bus: Option<Arc<dyn Bus>>,
 }
 
 impl Hub {
-    /// A hub that fills gaps from `store`.
+    /// A hub that fills gaps from `store` and declares no interest (its bus delivers every
+    /// room).
     pub fn new(store: Arc<dyn Store>) -> Arc<Hub> {
         Arc::new(Hub {
             rooms: Mutex::new(HashMap::new()),
             store,
+            bus: None,
         })
+    }
+
+    /// A hub that tells `bus` which rooms this node follows; run it on
+    /// [`bus.events()`](Bus::events) with [`run_events`](Hub::run_events).
+    pub fn with_bus(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Hub> {
+        Arc::new(Hub {
+            rooms: Mutex::new(HashMap::new()),
+            store,
+            bus: Some(bus),
+        })
+    }
+
+    fn first_follower(&self, room: &str) {
+        if let Some(bus) = &self.bus {
+            bus.follow(room);
+        }
+    }
+
+    fn last_follower_left(&self, room: &str) {
+        if let Some(bus) = &self.bus {
+            bus.unfollow(room);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomSubs>> {
@@ -65,7 +105,10 @@ impl Hub {
     /// Connection `conn` follows `room` (again: updates its presence flag).
     pub fn register(&self, room: &str, conn: &str, outbox: Outbox, presence: bool) {
         let mut rooms = self.lock();
-        let entry = rooms.entry(room.into()).or_default();
+        let entry = rooms.entry(room.into()).or_insert_with(|| {
+            self.first_follower(room);
+            RoomSubs::default()
+        });
         entry.subs.insert(conn.into(), Sub { outbox, presence });
     }
 
@@ -76,6 +119,7 @@ impl Hub {
             entry.subs.remove(conn);
             if entry.subs.is_empty() {
                 rooms.remove(room);
+                self.last_follower_left(room);
             }
         }
     }
@@ -98,6 +142,55 @@ impl Hub {
     pub async fn run(self: Arc<Self>, mut messages: BoxStream<'static, BusMessage>) {
         while let Some(msg) = messages.next().await {
             self.deliver(msg).await;
+        }
+    }
+
+    /// Consumes the bus's [`events`](Bus::events) until they end: messages are delivered;
+    /// rooms newly subscribed get their head read once from the store (in the background),
+    /// which delivers anything published before the subscription took hold.
+    pub async fn run_events(self: Arc<Self>, mut events: BoxStream<'static, BusEvent>) {
+        while let Some(event) = events.next().await {
+            match event {
+                BusEvent::Message(msg) => self.deliver(msg).await,
+                BusEvent::Followed(rooms) => {
+                    let hub = Arc::downgrade(&self);
+                    tokio::spawn(async move {
+                        for room in rooms {
+                            let Some(hub) = hub.upgrade() else { return };
+                            hub.check_head(&room).await;
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads `room`'s head from the store and delivers it when it is past what this hub
+    /// delivered (a gap before it is filled from the store as usual). For a room no local
+    /// connection follows it does nothing.
+    pub async fn check_head(&self, room: &str) {
+        let last = match self.lock().get(room) {
+            None => return,
+            Some(r) => r.last_seq,
+        };
+        let head = match self.store.head(room).await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::warn!(%room, %err, "head check");
+                return;
+            }
+        };
+        if head == 0 || last.is_some_and(|l| l >= head) {
+            return;
+        }
+        match self.store.read(room, head - 1, 1).await {
+            Ok(events) => {
+                for ev in events {
+                    self.deliver(BusMessage::durable(room, ev.seq, ev.json.into()))
+                        .await;
+                }
+            }
+            Err(err) => tracing::warn!(%room, %err, "head check"),
         }
     }
 
@@ -186,6 +279,7 @@ impl Hub {
         }
         if entry.subs.is_empty() {
             rooms.remove(room);
+            self.last_follower_left(room);
         }
     }
 }
@@ -268,6 +362,75 @@ mod tests {
         assert_eq!(c1.try_recv(), None);
         assert_eq!(c2.try_recv(), Some(Outbound::Message("b".into())));
         assert_eq!(c2.try_recv(), Some(Outbound::Message("p".into())));
+    }
+
+    /// A bus that records interest calls.
+    #[derive(Default)]
+    struct Recording(std::sync::Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Bus for Recording {
+        async fn publish(&self, _msg: BusMessage) -> crate::Result<()> {
+            Ok(())
+        }
+        fn subscribe(&self) -> BoxStream<'static, BusMessage> {
+            futures::stream::empty().boxed()
+        }
+        fn follow(&self, room: &str) {
+            self.0.lock().unwrap().push(format!("+{room}"));
+        }
+        fn unfollow(&self, room: &str) {
+            self.0.lock().unwrap().push(format!("-{room}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bus_is_told_of_the_first_follower_and_the_last_to_leave() {
+        let store = Arc::new(
+            SqliteStore::open("sqlite::memory:", Retention::default())
+                .await
+                .unwrap(),
+        );
+        let bus = Arc::new(Recording::default());
+        let hub = Hub::with_bus(store.clone(), bus.clone());
+        let (o1, _i1) = queue(8);
+        let (o2, _i2) = queue(8);
+        let (slow, _s) = queue(1);
+        hub.register("r", "c1", o1.clone(), false);
+        hub.register("r", "c2", o2, false);
+        hub.register("r", "c1", o1, true);
+        hub.unregister("r", "c1");
+        hub.unregister("r", "c2");
+        hub.unregister("r", "c2");
+        // A room whose only follower is cut off as slow is unfollowed too.
+        hub.register("s", "slow", slow, false);
+        for _ in 0..3 {
+            hub.deliver(BusMessage::broadcast("s", None, "x".into()))
+                .await;
+        }
+        assert_eq!(*bus.0.lock().unwrap(), ["+r", "-r", "+s", "-s"]);
+    }
+
+    #[tokio::test]
+    async fn a_confirmed_subscription_delivers_what_it_missed() {
+        let (store, hub, mut inbox) = setup().await;
+        // Committed (and published) before the bus subscription held: never seen live.
+        let _m1 = append(&store).await;
+        let _m2 = append(&store).await;
+        hub.clone()
+            .run_events(futures::stream::iter([BusEvent::Followed(vec!["r".into()])]).boxed())
+            .await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.is_empty() && tokio::time::Instant::now() < deadline {
+            got.extend(seqs(&mut inbox));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            got,
+            [2],
+            "the head is delivered (the session fills what is before it)"
+        );
     }
 
     #[tokio::test]

@@ -126,18 +126,22 @@ impl Server {
         let auth = backends::open_auth(&config).await?;
         let api_keys = auth::api_key::ApiKeys::new(&config.api_key)?;
         let (store, bus, presence) = backends::open(&config).await?;
-        let hub = Hub::new(store.clone());
-        tokio::spawn(hub.clone().run(bus.subscribe()));
+        let hub = Hub::with_bus(store.clone(), bus.clone());
+        tokio::spawn(hub.clone().run_events(bus.events()));
         if config.redis.is_some() {
             spawn_head_check(Arc::downgrade(&hub), store.clone());
         }
         let service = Arc::new(Service::new(store, bus, presence));
         let outbox = outbox::spawn(&config, &service).await?;
-        let limits = Arc::new(Limits::new(
+        let mut limits = Limits::new(
             config.max_connections_per_client,
             config.write_rate,
             config.write_burst,
-        ));
+        );
+        if let Some(cluster) = backends::open_limits(&config).await? {
+            limits = limits.with_cluster(cluster);
+        }
+        let limits = Arc::new(limits);
         let sizes = policy::Sizes {
             item: config.max_item_bytes,
             broadcast: config.max_broadcast_bytes,

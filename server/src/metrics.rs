@@ -340,6 +340,31 @@ pub fn outbox_wakeup(by: &'static str) {
     metrics::counter!("tidewire_outbox_wakeups_total", "by" => by).increment(1);
 }
 
+/// A message was received from the Redis bus.
+pub fn bus_received() {
+    metrics::counter!("tidewire_bus_messages_received_total").increment(1);
+}
+
+/// How many rooms this node is subscribed to on the bus.
+pub fn bus_rooms_subscribed(rooms: usize) {
+    metrics::gauge!("tidewire_bus_rooms_subscribed").set(rooms as f64);
+}
+
+/// `SUBSCRIBE`/`SSUBSCRIBE` commands sent.
+pub fn bus_subscribe_commands(n: u64) {
+    metrics::counter!("tidewire_bus_subscribe_commands_total").increment(n);
+}
+
+/// `UNSUBSCRIBE`/`SUNSUBSCRIBE` commands sent.
+pub fn bus_unsubscribe_commands(n: u64) {
+    metrics::counter!("tidewire_bus_unsubscribe_commands_total").increment(n);
+}
+
+/// A cluster-wide limit check could not reach Redis and the node's own limit decided.
+pub fn limits_cluster_error() {
+    metrics::counter!("tidewire_limits_cluster_errors_total").increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

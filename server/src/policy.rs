@@ -82,7 +82,7 @@ impl Policy {
     /// item's size, then writes.
     pub async fn write(&self, who: &ClientIdentity, req: WriteRequest) -> Result<Written> {
         authorize(who, &req.room, Access::Write)?;
-        self.limits.check_write(&who.key)?;
+        self.limits.check_write(&who.key).await?;
         if let WriteOp::Put { value, .. } = &req.op {
             check_size(value, self.sizes.item)?;
         }
@@ -103,9 +103,14 @@ impl Policy {
 
     /// Authorizes `who` to announce itself in `room` with `meta`: allowed to write the room,
     /// counted by the rate limiter, `meta` within its size limit.
-    pub fn check_presence(&self, who: &ClientIdentity, room: &str, meta: &Value) -> Result<()> {
+    pub async fn check_presence(
+        &self,
+        who: &ClientIdentity,
+        room: &str,
+        meta: &Value,
+    ) -> Result<()> {
         authorize(who, room, Access::Write)?;
-        self.limits.check_write(&who.key)?;
+        self.limits.check_write(&who.key).await?;
         check_size(meta, self.sizes.presence_meta)
     }
 
@@ -127,7 +132,7 @@ impl Policy {
                 "broadcast `event` must be 1 to {MAX_BROADCAST_EVENT} characters"
             )));
         }
-        self.limits.check_write(&who.key)?;
+        self.limits.check_write(&who.key).await?;
         check_size(&data, self.sizes.broadcast)?;
         self.service
             .broadcast(room, origin, from, event, data)

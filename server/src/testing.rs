@@ -100,3 +100,109 @@ pub(crate) mod redis {
         }
     }
 }
+
+/// A private 3-master Redis Cluster for the tests that need sharded pub/sub, started on free
+/// ports in a temporary directory and shut down on drop.
+#[cfg(feature = "redis")]
+pub(crate) mod redis_cluster {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A running cluster.
+    pub struct Cluster {
+        pub ports: Vec<u16>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn sh(cmd: &str) -> bool {
+        Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// A free port whose cluster bus port (port + 10000) is below 65536.
+    fn free_port() -> u16 {
+        loop {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let p = l.local_addr().expect("addr").port();
+            if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                return p;
+            }
+        }
+    }
+
+    impl Cluster {
+        /// Starts three masters and creates the cluster; `None` (after a loud line) when
+        /// `redis-server` is missing and `TIDEWIRE_SKIP_SERVICES=1`, a panic otherwise.
+        pub fn start() -> Option<Cluster> {
+            if !sh("command -v redis-server && command -v redis-cli") {
+                if std::env::var("TIDEWIRE_SKIP_SERVICES").as_deref() == Ok("1") {
+                    eprintln!("SKIPPED: redis-server not installed (TIDEWIRE_SKIP_SERVICES=1)");
+                    return None;
+                }
+                panic!("redis-server is not installed; set TIDEWIRE_SKIP_SERVICES=1 to skip");
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+            for p in &ports {
+                assert!(sh(&format!(
+                    "cd {} && redis-server --port {p} --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes-{p}.conf --save '' --appendonly no --daemonize yes --logfile redis-{p}.log",
+                    dir.path().display()
+                )), "start redis-server on {p}");
+            }
+            let cluster = Cluster { ports, _dir: dir };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !cluster
+                .ports
+                .iter()
+                .all(|p| sh(&format!("redis-cli -p {p} ping | grep -q PONG")))
+            {
+                assert!(Instant::now() < deadline, "cluster nodes did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let nodes: Vec<String> = cluster
+                .ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            assert!(
+                sh(&format!(
+                    "redis-cli --cluster create {} --cluster-replicas 0 --cluster-yes",
+                    nodes.join(" ")
+                )),
+                "redis-cli --cluster create"
+            );
+            while !cluster.ports.iter().all(|p| {
+                sh(&format!(
+                    "redis-cli -p {p} cluster info | grep -q 'cluster_state:ok'"
+                ))
+            }) {
+                assert!(Instant::now() < deadline, "the cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Some(cluster)
+        }
+
+        /// The `--redis` value naming it.
+        pub fn spec(&self) -> String {
+            let hosts: Vec<String> = self
+                .ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect();
+            format!("redis+cluster://{}", hosts.join(","))
+        }
+    }
+
+    impl Drop for Cluster {
+        fn drop(&mut self) {
+            for p in &self.ports {
+                sh(&format!("redis-cli -p {p} shutdown nosave"));
+            }
+        }
+    }
+}

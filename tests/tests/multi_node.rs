@@ -1,7 +1,11 @@
 //! Several `tidewire` nodes sharing one PostgreSQL and one Redis: fan-out across nodes, a
 //! contiguous `seq` under concurrent writers on every node, resume on another node after a
 //! kill, a Redis restart and bus messages dropped on purpose without a lost event, and
-//! presence across nodes with expiry when a node dies.
+//! presence across nodes with expiry when a node dies. Each of these runs twice: on a single
+//! Redis, and (`…_on_a_redis_cluster`) on a private 3-master Redis Cluster the test starts
+//! (sharded pub/sub; the restart test restarts the shard that owns the room). Then the
+//! scale-out ones: a node receives only the rooms its connections follow, and the connection
+//! limit and the write rate count across the nodes.
 //!
 //! Every test makes its own database (`tidewire_test_<ulid>`, dropped at the end) and its own
 //! Redis key prefix (deleted at the end). The services are started when they are down (as
@@ -70,16 +74,38 @@ fn services() -> bool {
     true
 }
 
-/// One test's database and Redis prefix; both removed on drop.
+/// Which Redis a deployment runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The machine's Redis on 6379.
+    Single,
+    /// A private 3-master Redis Cluster.
+    Cluster,
+}
+
+/// One test's database and Redis prefix; both removed on drop (and its cluster shut down).
 struct Deployment {
     db_name: String,
     redis: String,
     prefix: String,
-    redis_port: u16,
+    redis_ports: Vec<u16>,
+    cluster: Option<PrivateCluster>,
 }
 
 impl Deployment {
-    fn new(redis: Option<(String, u16)>) -> Option<Deployment> {
+    fn new(kind: Kind) -> Option<Deployment> {
+        match kind {
+            Kind::Single => Deployment::on(None),
+            Kind::Cluster => {
+                let cluster = PrivateCluster::start()?;
+                let mut dep = Deployment::on(Some((cluster.spec(), cluster.ports.clone())))?;
+                dep.cluster = Some(cluster);
+                Some(dep)
+            }
+        }
+    }
+
+    fn on(redis: Option<(String, Vec<u16>)>) -> Option<Deployment> {
         if !services() {
             return None;
         }
@@ -91,12 +117,13 @@ impl Deployment {
             )),
             "create database {db_name}"
         );
-        let (redis, redis_port) = redis.unwrap_or((SHARED_REDIS.into(), 6379));
+        let (redis, redis_ports) = redis.unwrap_or((SHARED_REDIS.into(), vec![6379]));
         Some(Deployment {
             db_name,
             redis,
             prefix: format!("tw-test-{id}:"),
-            redis_port,
+            redis_ports,
+            cluster: None,
         })
     }
 
@@ -126,26 +153,46 @@ impl Drop for Deployment {
             "psql -h 127.0.0.1 -U root -d postgres -qc 'DROP DATABASE IF EXISTS {} WITH (FORCE)'",
             self.db_name
         ));
-        sh(&format!(
-            "redis-cli -p {} --scan --pattern '{}*' | xargs -r redis-cli -p {} del",
-            self.redis_port, self.prefix, self.redis_port
-        ));
+        for port in &self.redis_ports {
+            sh(&format!(
+                "redis-cli -p {port} --scan --pattern '{}*' | xargs -r redis-cli -p {port} del",
+                self.prefix
+            ));
+        }
+    }
+}
+
+/// A free port (for a cluster node, one whose bus port, +10000, is free too).
+fn free_port(cluster: bool) -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !cluster || (port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()) {
+            return port;
+        }
     }
 }
 
 /// A private `redis-server` on a free port, which a test may restart.
 struct PrivateRedis {
     port: u16,
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     fn start() -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let mut r = PrivateRedis { port, child: None };
+        PrivateRedis::with_args(free_port(false), Vec::new())
+    }
+
+    fn with_args(port: u16, args: Vec<String>) -> PrivateRedis {
+        let mut r = PrivateRedis {
+            port,
+            args,
+            child: None,
+        };
         r.spawn();
         r
     }
@@ -154,6 +201,7 @@ impl PrivateRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server");
@@ -180,6 +228,106 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A private 3-master Redis Cluster (Redis ≥ 7 for sharded pub/sub); a node can be
+/// restarted (it keeps its slots through its `nodes-<port>.conf`).
+struct PrivateCluster {
+    ports: Vec<u16>,
+    nodes: Vec<PrivateRedis>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    fn start() -> Option<PrivateCluster> {
+        if !services() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port(true)).collect();
+        let nodes = ports
+            .iter()
+            .map(|p| {
+                let args = [
+                    "--cluster-enabled".to_string(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    format!("nodes-{p}.conf"),
+                    "--dir".into(),
+                    dir.path().display().to_string(),
+                ];
+                PrivateRedis::with_args(*p, args.to_vec())
+            })
+            .collect();
+        let cluster = PrivateCluster {
+            ports,
+            nodes,
+            _dir: dir,
+        };
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        assert!(
+            sh(&format!(
+                "redis-cli --cluster create {} --cluster-replicas 0 --cluster-yes",
+                addrs.join(" ")
+            )),
+            "redis-cli --cluster create"
+        );
+        cluster.wait_ok();
+        Some(cluster)
+    }
+
+    fn wait_ok(&self) {
+        assert!(wait_for("the Redis Cluster", || self.ports.iter().all(
+            |p| sh(&format!(
+                "redis-cli -p {p} cluster info | grep -q 'cluster_state:ok'"
+            ))
+        )));
+    }
+
+    fn spec(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The node that owns `key`'s slot (the others answer `MOVED`).
+    fn owner_of(&self, key: &str) -> usize {
+        let owners: Vec<usize> = (0..self.ports.len())
+            .filter(|&i| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &self.ports[i].to_string(), "exists", key])
+                    .output()
+                    .expect("redis-cli");
+                !String::from_utf8_lossy(&out.stdout).contains("MOVED")
+            })
+            .collect();
+        assert_eq!(owners.len(), 1, "exactly one shard owns {key}");
+        owners[0]
+    }
+}
+
+/// Runs the test body `$name(kind)` on a single Redis and on a Redis Cluster, as
+/// `$name::on_one_redis` and `$name::on_a_redis_cluster`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_one_redis() {
+                super::$name(super::Kind::Single).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_a_redis_cluster() {
+                super::$name(super::Kind::Cluster).await
+            }
+        }
+    };
 }
 
 /// Publishes `n` events to `room` through `rest`, answering their seqs.
@@ -221,9 +369,9 @@ async fn ws_collect(ws: &mut WsClient, d: &mut Delivery, count: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_fan_out_and_keep_seq_contiguous_under_concurrent_writers() {
-    let Some(dep) = Deployment::new(None) else {
+both!(three_nodes_fan_out_and_keep_seq_contiguous_under_concurrent_writers);
+async fn three_nodes_fan_out_and_keep_seq_contiguous_under_concurrent_writers(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
         return;
     };
     let nodes = [dep.node(&[]), dep.node(&[]), dep.node(&[])];
@@ -277,9 +425,9 @@ async fn three_nodes_fan_out_and_keep_seq_contiguous_under_concurrent_writers() 
     assert_eq!(seqs, (1..=(3 * PER) as u64).collect::<Vec<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_duplicated() {
-    let Some(dep) = Deployment::new(None) else {
+both!(clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_duplicated);
+async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_duplicated(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
         return;
     };
     let mut a = dep.node(&[]);
@@ -334,9 +482,9 @@ async fn clients_of_a_killed_node_resume_on_another_with_nothing_lost_or_duplica
     d_ws.assert_exact("WS moved from A to B");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_bus_messages_lose_no_client_event() {
-    let Some(dep) = Deployment::new(None) else {
+both!(dropped_bus_messages_lose_no_client_event);
+async fn dropped_bus_messages_lose_no_client_event(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
         return;
     };
     // Node A drops every third durable message it should publish, including the last one.
@@ -365,10 +513,15 @@ async fn dropped_bus_messages_lose_no_client_event() {
     assert!(filled >= 1.0, "B filled no gap:\n{metrics}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_restart_during_traffic_loses_no_client_event() {
-    let mut redis = PrivateRedis::start();
-    let Some(dep) = Deployment::new(Some((redis.url(), redis.port))) else {
+both!(a_redis_restart_during_traffic_loses_no_client_event);
+async fn a_redis_restart_during_traffic_loses_no_client_event(kind: Kind) {
+    // One Redis: a private one, restarted. A cluster: the shard that owns the room, restarted.
+    let mut single = (kind == Kind::Single).then(PrivateRedis::start);
+    let dep = match &single {
+        Some(redis) => Deployment::on(Some((redis.url(), vec![redis.port]))),
+        None => Deployment::new(Kind::Cluster),
+    };
+    let Some(mut dep) = dep else {
         return;
     };
     let a = dep.node(&[]);
@@ -386,14 +539,29 @@ async fn a_redis_restart_during_traffic_loses_no_client_event() {
     let writer =
         tokio::spawn(async move { write_n(&rest_a, room, N, Duration::from_millis(25)).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    redis.kill();
+    let channel = format!("{}bus:{{{room}}}", dep.prefix);
+    let mut cluster = dep.cluster.take();
+    let shard = cluster.as_ref().map(|c| c.owner_of(&channel));
+    match (&mut single, &mut cluster, shard) {
+        (Some(redis), _, _) => redis.kill(),
+        (None, Some(c), Some(i)) => c.nodes[i].kill(),
+        _ => unreachable!(),
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _redis = tokio::task::spawn_blocking(move || {
-        redis.spawn();
-        redis
+    let (single, cluster) = tokio::task::spawn_blocking(move || {
+        match (&mut single, &mut cluster, shard) {
+            (Some(redis), _, _) => redis.spawn(),
+            (None, Some(c), Some(i)) => {
+                c.nodes[i].spawn();
+                c.wait_ok();
+            }
+            _ => unreachable!(),
+        }
+        (single, cluster)
     })
     .await
     .expect("restart redis");
+    let _keep = (single, cluster);
     let seqs = writer.await.expect("writer");
     let mut d_sse = Delivery::default();
     d_sse.expect(room, seqs);
@@ -402,21 +570,36 @@ async fn a_redis_restart_during_traffic_loses_no_client_event() {
     d_sse.assert_exact("SSE on B across a Redis restart");
     ws_collect(&mut ws, &mut d_ws, N).await;
     d_ws.assert_exact("WS on B across a Redis restart");
-    // And the bus itself came back: node B subscribed again after the restart.
+    // And the bus itself came back: B receives new events from the bus again.
+    if kind == Kind::Single {
+        let deadline = Instant::now() + T;
+        while b.log().matches("subscribed to the Redis bus").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "B never resubscribed:\n{}",
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let received =
+        |text: &str| metric_sum(text, "tidewire_bus_messages_received_total").unwrap_or(0.0);
+    let before = received(&b.rest().metrics().await.expect("metrics"));
     let deadline = Instant::now() + T;
-    while b.log().matches("subscribed to the Redis bus").count() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "B never resubscribed:\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    loop {
+        write_n(&a.rest(), room, 1, Duration::ZERO).await;
+        let now = received(&b.rest().metrics().await.expect("metrics"));
+        if now > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B's bus never came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_is_seen_across_nodes_and_a_killed_node_s_members_expire() {
-    let Some(dep) = Deployment::new(None) else {
+both!(presence_is_seen_across_nodes_and_a_killed_node_s_members_expire);
+async fn presence_is_seen_across_nodes_and_a_killed_node_s_members_expire(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
         return;
     };
     let quick = [
@@ -467,9 +650,9 @@ async fn presence_is_seen_across_nodes_and_a_killed_node_s_members_expire() {
     assert!(!text.contains("\"ada\""), "ada is gone: {text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_and_if_match_hold_across_nodes() {
-    let Some(dep) = Deployment::new(None) else {
+both!(idempotency_keys_and_if_match_hold_across_nodes);
+async fn idempotency_keys_and_if_match_hold_across_nodes(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
         return;
     };
     let (a, b) = (dep.node(&[]), dep.node(&[]));
@@ -514,9 +697,9 @@ async fn idempotency_keys_and_if_match_hold_across_nodes() {
     assert_eq!(log.len(), 2, "one keyed event, one conditional event");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ticket_redeemed_on_one_node_is_refused_on_every_other() {
-    let Some(dep) = Deployment::new(None) else {
+both!(a_ticket_redeemed_on_one_node_is_refused_on_every_other);
+async fn a_ticket_redeemed_on_one_node_is_refused_on_every_other(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
         return;
     };
     const SECRET: &str = "multi-node-ticket-secret";
@@ -562,4 +745,221 @@ async fn a_ticket_redeemed_on_one_node_is_refused_on_every_other() {
         assert_eq!(problem.code, ErrorCode::Unauthorized);
     }
     drop(first);
+}
+
+/// Polls `node`'s metric `name` until `check` holds (or fails after `T`).
+async fn wait_metric(node: &Server, name: &str, check: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + T;
+    loop {
+        let text = node.rest().metrics().await.expect("metrics");
+        let v = metric_sum(&text, name).unwrap_or(0.0);
+        if check(v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} = {v} never held:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn metric(node: &Server, name: &str) -> f64 {
+    let text = node.rest().metrics().await.expect("metrics");
+    metric_sum(&text, name).unwrap_or(0.0)
+}
+
+both!(a_node_receives_only_the_rooms_its_connections_follow);
+async fn a_node_receives_only_the_rooms_its_connections_follow(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
+        return;
+    };
+    let nodes = [dep.node(&[]), dep.node(&[]), dep.node(&[])];
+    // Room x is followed on node A only (two clients); B follows y, C follows z.
+    let mut sse_a = SseClient::connect(&nodes[0].url(), &SseRequest::rooms(&["x"]).since("x=0"))
+        .await
+        .expect("sse on A");
+    let mut ws_a = WsClient::connect(&nodes[0].ws_url(), None)
+        .await
+        .expect("ws on A");
+    ws_a.subscribe(&["x"], Some("x=0"), false)
+        .await
+        .expect("subscribe on A");
+    let mut sse_b = SseClient::connect(&nodes[1].url(), &SseRequest::rooms(&["y"]).since("y=0"))
+        .await
+        .expect("sse on B");
+    let mut ws_c = WsClient::connect(&nodes[2].ws_url(), None)
+        .await
+        .expect("ws on C");
+    ws_c.subscribe(&["z"], Some("z=0"), false)
+        .await
+        .expect("subscribe on C");
+    for node in &nodes {
+        wait_metric(node, "tidewire_bus_rooms_subscribed", |v| v == 1.0).await;
+        assert!(metric(node, "tidewire_bus_subscribe_commands_total").await >= 1.0);
+    }
+
+    // x is written through B and C (which do not follow it), y through A.
+    const PER: usize = 15;
+    let mut tasks = Vec::new();
+    for (node, room) in [(1, "x"), (2, "x"), (0, "y")] {
+        let rest = nodes[node].rest();
+        tasks.push(tokio::spawn(async move {
+            write_n(&rest, room, PER, Duration::ZERO).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let mut want = Delivery::default();
+    want.expect("x", 1..=2 * PER as u64);
+    let mut d = want.clone();
+    sse_collect(&mut sse_a, &mut d, 2 * PER).await;
+    d.assert_exact("SSE on A: every x event once, in order");
+    let mut d = want;
+    ws_collect(&mut ws_a, &mut d, 2 * PER).await;
+    d.assert_exact("WS on A: every x event once, in order");
+    let mut d = Delivery::default();
+    d.expect("y", 1..=PER as u64);
+    sse_collect(&mut sse_b, &mut d, PER).await;
+    d.assert_exact("SSE on B: every y event once, in order");
+
+    // A took x's events off the bus; B only y's; C nothing at all.
+    wait_metric(&nodes[0], "tidewire_bus_messages_received_total", |v| {
+        v >= 2.0 * PER as f64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        metric(&nodes[0], "tidewire_bus_messages_received_total").await,
+        2.0 * PER as f64,
+        "A receives x only"
+    );
+    assert_eq!(
+        metric(&nodes[1], "tidewire_bus_messages_received_total").await,
+        PER as f64,
+        "B receives y only, none of x's {} events",
+        2 * PER
+    );
+    assert_eq!(
+        metric(&nodes[2], "tidewire_bus_messages_received_total").await,
+        0.0,
+        "C receives nothing: no one there follows x or y"
+    );
+    // When B's last follower of y leaves, B unsubscribes.
+    drop(sse_b);
+    wait_metric(&nodes[1], "tidewire_bus_rooms_subscribed", |v| v == 0.0).await;
+    assert!(metric(&nodes[1], "tidewire_bus_unsubscribe_commands_total").await >= 1.0);
+    drop(ws_c);
+}
+
+/// Opens an SSE stream on `node` and answers the response (held open while kept).
+async fn open_sse(http: &reqwest::Client, node: &Server) -> reqwest::Response {
+    http.get(format!("{}/v1/sse?rooms=q", node.url()))
+        .send()
+        .await
+        .expect("sse answers")
+}
+
+both!(a_connection_limit_of_3_holds_across_3_nodes);
+async fn a_connection_limit_of_3_holds_across_3_nodes(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
+        return;
+    };
+    let limit = [("max-connections-per-client", "3")];
+    let nodes = [dep.node(&limit), dep.node(&limit), dep.node(&limit)];
+    let http = reqwest::Client::new();
+    let mut held = Vec::new();
+    for node in &nodes {
+        let r = open_sse(&http, node).await;
+        assert_eq!(r.status(), 200, "one connection per node: three in all");
+        held.push(r);
+    }
+    for node in &nodes {
+        let r = open_sse(&http, node).await;
+        assert_eq!(r.status(), 429, "a fourth connection, to any node");
+        let problem: tidewire_protocol::Problem = r.json().await.expect("problem+json");
+        assert_eq!(problem.code, ErrorCode::TooManyConnections);
+    }
+    // Closing one frees a slot for any node.
+    drop(held.remove(0));
+    let deadline = Instant::now() + T;
+    loop {
+        let r = open_sse(&http, &nodes[2]).await;
+        if r.status() == 200 {
+            held.push(r);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the closed slot never came free");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open_sse(&http, &nodes[1]).await.status(), 429);
+}
+
+both!(the_write_rate_counts_across_3_nodes);
+async fn the_write_rate_counts_across_3_nodes(kind: Kind) {
+    let Some(dep) = Deployment::new(kind) else {
+        return;
+    };
+    let rate = [("write-rate", "1"), ("write-burst", "3")];
+    let nodes = [dep.node(&rate), dep.node(&rate), dep.node(&rate)];
+    for node in &nodes {
+        let ok = node
+            .rest()
+            .publish("w", "n", &json!({}), &WriteOptions::default())
+            .await
+            .expect("write");
+        assert_eq!(ok.status, 200, "a burst of 3 across the cluster");
+    }
+    for node in &nodes {
+        let refused = node
+            .rest()
+            .publish("w", "n", &json!({}), &WriteOptions::default())
+            .await
+            .expect("write");
+        assert_eq!(refused.status, 429, "the fourth write, on any node");
+        assert_eq!(refused.problem().code, ErrorCode::RateLimited);
+        assert!(refused.header("retry-after").is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_connections_stop_counting_after_the_ttl() {
+    let Some(dep) = Deployment::new(Kind::Single) else {
+        return;
+    };
+    let flags = [
+        ("max-connections-per-client", "1"),
+        ("cluster-limits-ttl-ms", "1500"),
+    ];
+    let (mut a, b) = (dep.node(&flags), dep.node(&flags));
+    let http = reqwest::Client::new();
+    let held = open_sse(&http, &a).await;
+    assert_eq!(held.status(), 200);
+    assert_eq!(
+        open_sse(&http, &b).await.status(),
+        429,
+        "A's connection counts on B"
+    );
+    let killed = Instant::now();
+    a.kill_hard();
+    drop(held);
+    let deadline = Instant::now() + T;
+    let _again = loop {
+        let r = open_sse(&http, &b).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead node's slot never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = killed.elapsed();
+    println!("the slot ran out {waited:?} after node A died");
+    assert!(
+        waited >= Duration::from_millis(500),
+        "not before the TTL: {waited:?}"
+    );
 }

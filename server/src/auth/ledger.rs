@@ -19,12 +19,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-#[cfg(feature = "redis")]
-use redis::aio::ConnectionManager;
 
 use super::now_secs;
 #[cfg(feature = "redis")]
-use crate::redis_conn::connect_manager;
+use crate::redis_conn::{self, Conn};
 #[cfg(feature = "redis")]
 use crate::Error;
 use crate::Result;
@@ -63,7 +61,7 @@ impl TicketLedger for MemoryLedger {
 /// the key expires with the ticket.
 #[cfg(feature = "redis")]
 pub struct RedisLedger {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
 }
 
@@ -80,7 +78,7 @@ impl std::fmt::Debug for RedisLedger {
 impl RedisLedger {
     /// Connects to `url`; keys start with `prefix` (the server's `--redis-prefix`).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisLedger> {
-        let (_, conn) = connect_manager(url).await?;
+        let conn = redis_conn::connect(url).await?;
         Ok(RedisLedger {
             conn,
             prefix: prefix.to_owned(),

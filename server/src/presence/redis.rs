@@ -1,8 +1,8 @@
 //! The Redis [`Presence`]: members are seen from every node; a node that dies has its members
 //! expire after the TTL.
 //!
-//! Per room two keys: `<prefix>presence:m:<room>` (hash: client id → member JSON) and
-//! `<prefix>presence:h:<room>` (sorted set of holders `<node>|<client id>`, scored by the Unix
+//! Per room two keys: `<prefix>presence:m:{<room>}` (hash: client id → member JSON) and
+//! `<prefix>presence:h:{<room>}` (sorted set of holders `<node>|<client id>`, scored by the Unix
 //! millisecond at which the hold runs out). A node holding a live connection keeps its hold at
 //! now + TTL (on `join` and `touch`); when its last local connection of a member leaves, the
 //! hold is set to now + grace, so a reconnect to any node within the grace is not leave + join.
@@ -10,6 +10,11 @@
 //! a member with no hold left, deletes it and reports it: the script is atomic, so exactly one
 //! node announces each leave. A node that dies stops refreshing, so its holds run out after
 //! the TTL. The set `<prefix>presence:rooms` lists rooms to reap.
+//!
+//! **Redis Cluster**: the `{<room>}` hash tag puts a room's two keys in one slot, so each
+//! script touches one shard; the rooms set lives wherever its own slot is, and is updated by
+//! separate commands (`join` and `touch` add the room, `reap` removes it once both keys are
+//! gone; a `join` racing that removal is re-added by the next `touch`).
 //!
 //! ```no_run
 //! # async fn f() -> tidewire_server::Result<()> {
@@ -25,27 +30,25 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tidewire_protocol::Member;
 
 use super::Presence;
-use crate::redis_conn::{connect_manager, redis_error};
+use crate::redis_conn::{self, redis_error, Conn};
 use crate::{Error, Result};
 
 const JOIN: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
 return old
 ";
 
 const REAP: &str = r"
+local gone = {'0'}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
-local gone = {}
 if #expired > 0 then
   for _, h in ipairs(expired) do redis.call('ZREM', KEYS[2], h) end
   local left = {}
@@ -62,7 +65,7 @@ if #expired > 0 then
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('SREM', KEYS[3], ARGV[2])
+  gone[1] = '1'
 end
 return gone
 ";
@@ -77,7 +80,7 @@ struct Local {
 
 /// Presence in Redis.
 pub struct RedisPresence {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     node: String,
     grace: Duration,
@@ -92,7 +95,7 @@ fn now_ms() -> i64 {
 }
 
 impl RedisPresence {
-    /// Connects to `url`; keys are named with `prefix`. Members leave `grace` after their last
+    /// Connects to `url` (one Redis or a cluster, see [`redis_conn`]); keys are named with `prefix`. Members leave `grace` after their last
     /// connection, or `ttl` after they were last seen (by any node).
     pub async fn connect(
         url: &str,
@@ -100,7 +103,7 @@ impl RedisPresence {
         grace: Duration,
         ttl: Duration,
     ) -> Result<RedisPresence> {
-        let (_, conn) = connect_manager(url).await?;
+        let conn = redis_conn::connect(url).await?;
         Ok(RedisPresence {
             conn,
             prefix: prefix.to_owned(),
@@ -118,11 +121,11 @@ impl RedisPresence {
     }
 
     fn members_key(&self, room: &str) -> String {
-        format!("{}presence:m:{room}", self.prefix)
+        format!("{}presence:m:{{{room}}}", self.prefix)
     }
 
     fn holders_key(&self, room: &str) -> String {
-        format!("{}presence:h:{room}", self.prefix)
+        format!("{}presence:h:{{{room}}}", self.prefix)
     }
 
     fn rooms_key(&self) -> String {
@@ -180,16 +183,15 @@ impl Presence for RedisPresence {
             .join
             .key(self.members_key(room))
             .key(self.holders_key(room))
-            .key(self.rooms_key())
             .arg(&member.client_id)
             .arg(&json)
             .arg(self.holder(&member.client_id))
             .arg(now_ms() + self.ttl.as_millis() as i64)
-            .arg(room)
             .arg(self.key_ttl_ms())
             .invoke_async(&mut c)
             .await
             .map_err(redis_error)?;
+        let _: i64 = c.sadd(self.rooms_key(), room).await.map_err(redis_error)?;
         Ok(match old {
             None => true,
             Some(old) => parse(&old).map_or(true, |old| old != member),
@@ -237,26 +239,26 @@ impl Presence for RedisPresence {
             return Ok(());
         }
         let until = now_ms() + self.ttl.as_millis() as i64;
-        let mut pipe = redis::pipe();
+        let rooms: HashSet<&String> = held.iter().map(|(r, _)| r).collect();
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(self.rooms_key()).arg(rooms);
+        let mut commands = vec![(self.rooms_key(), sadd)];
         for (room, client_id) in &held {
-            pipe.cmd("ZADD")
-                .arg(self.holders_key(room))
+            let (holders, members) = (self.holders_key(room), self.members_key(room));
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&holders)
                 .arg("XX")
                 .arg(until)
-                .arg(self.holder(client_id))
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(self.holders_key(room))
-                .arg(self.key_ttl_ms())
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(self.members_key(room))
-                .arg(self.key_ttl_ms())
-                .ignore();
+                .arg(self.holder(client_id));
+            let mut expire_h = redis::cmd("PEXPIRE");
+            expire_h.arg(&holders).arg(self.key_ttl_ms());
+            let mut expire_m = redis::cmd("PEXPIRE");
+            expire_m.arg(&members).arg(self.key_ttl_ms());
+            commands.push((holders.clone(), zadd));
+            commands.push((holders, expire_h));
+            commands.push((members, expire_m));
         }
-        let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(redis_error)?;
-        Ok(())
+        redis_conn::run_all(&self.conn, commands).await
     }
 
     async fn members(&self, room: &str) -> Result<Vec<Member>> {
@@ -283,12 +285,14 @@ impl Presence for RedisPresence {
                 .reap
                 .key(self.members_key(&room))
                 .key(self.holders_key(&room))
-                .key(self.rooms_key())
                 .arg(now)
-                .arg(&room)
                 .invoke_async(&mut c)
                 .await
                 .map_err(redis_error)?;
+            let mut left = left.into_iter();
+            if left.next().as_deref() == Some("1") {
+                let _: i64 = c.srem(self.rooms_key(), &room).await.map_err(redis_error)?;
+            }
             for json in left {
                 gone.push((room.clone(), parse(&json)?));
             }
@@ -317,8 +321,16 @@ mod tests {
         if !crate::testing::redis::ensure().await {
             return None;
         }
+        two_nodes_on(&crate::testing::redis::url(), grace_ms, ttl_ms).await
+    }
+
+    async fn two_nodes_on(
+        url: &str,
+        grace_ms: u64,
+        ttl_ms: u64,
+    ) -> Option<(String, RedisPresence, RedisPresence)> {
         let prefix = format!("tw-test-{}:", ulid::Ulid::generate());
-        let url = crate::testing::redis::url();
+        let url = url.to_owned();
         let open = || {
             RedisPresence::connect(
                 &url,
@@ -389,5 +401,33 @@ mod tests {
             .collect();
         assert_eq!(ids, ["bob"]);
         crate::testing::redis::clean(&prefix).await;
+    }
+
+    #[tokio::test]
+    async fn on_a_redis_cluster_a_room_s_keys_share_a_slot_and_members_expire() {
+        let Some(cluster) = crate::testing::redis_cluster::Cluster::start() else {
+            return;
+        };
+        let (_prefix, a, b) = two_nodes_on(&cluster.spec(), 100, 300).await.unwrap();
+        assert_eq!(
+            crate::redis_conn::slot(&a.members_key("r")),
+            crate::redis_conn::slot(&a.holders_key("r"))
+        );
+        a.join("r", "c1", member("ada", json!({}))).await.unwrap();
+        b.join("r", "c2", member("bob", json!({}))).await.unwrap();
+        b.join("s", "c2", member("bob", json!({}))).await.unwrap();
+        assert_eq!(a.members("r").await.unwrap().len(), 2);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            b.touch("c2").await.unwrap();
+        }
+        let gone = b.reap().await.unwrap();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        assert_eq!(gone[0].1.client_id, "ada");
+        b.leave("r", "c2", "bob").await.unwrap();
+        b.leave("s", "c2", "bob").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(a.reap().await.unwrap().len(), 2);
+        assert!(a.members("s").await.unwrap().is_empty());
     }
 }

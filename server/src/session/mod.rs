@@ -144,17 +144,17 @@ impl Sessions {
     }
 
     /// Opens a connection for `identity` (counted against its connection limit).
-    pub fn open(
+    pub async fn open(
         self: &Arc<Self>,
         identity: ClientIdentity,
         transport: TransportKind,
         client_id: Option<String>,
     ) -> Result<Session> {
-        Session::open(self.clone(), identity, transport, client_id)
+        Session::open(self.clone(), identity, transport, client_id).await
     }
 
     /// Opens a connection for the bearer of `token` (a WebSocket's first `auth` frame).
-    pub fn open_with_token(
+    pub async fn open_with_token(
         self: &Arc<Self>,
         token: &str,
         transport: TransportKind,
@@ -165,7 +165,7 @@ impl Sessions {
             .as_ref()
             .ok_or_else(|| Error::Unauthorized("auth is off".into()))?;
         let identity = ClientIdentity::authenticated(auth.verify(token)?);
-        self.open(identity, transport, client_id)
+        self.open(identity, transport, client_id).await
     }
 }
 
@@ -194,7 +194,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn open(
+    async fn open(
         state: Arc<Sessions>,
         identity: ClientIdentity,
         transport: TransportKind,
@@ -203,7 +203,7 @@ impl Session {
         if state.shutdown.is_draining() {
             return Err(Error::ShuttingDown);
         }
-        let guard = state.limits.connect(&identity.key)?;
+        let guard = state.limits.connect(&identity.key).await?;
         let (outbox, inbox) = queue_for(
             state.settings.queue_capacity,
             state.settings.max_queue_bytes,
@@ -448,7 +448,8 @@ impl Session {
         tidewire_protocol::validate_room(room)?;
         self.sessions
             .policy
-            .check_presence(&self.identity, room, &meta)?;
+            .check_presence(&self.identity, room, &meta)
+            .await?;
         if self.cursor.get(room).is_none() {
             // Presence is bounded by the rooms a connection may follow.
             return Err(Error::BadRequest(format!(
@@ -631,6 +632,7 @@ mod tests {
             .state()
             .sessions
             .open(id, TransportKind::Sse, None)
+            .await
             .unwrap();
         let since: Cursor = "r=0".parse().unwrap();
         assert!(session
@@ -669,6 +671,7 @@ mod tests {
             .state()
             .sessions
             .open(id, TransportKind::Ws, None)
+            .await
             .unwrap();
         append_unpublished(&s, "r", 1).await;
         session
@@ -698,6 +701,7 @@ mod tests {
             .state()
             .sessions
             .open(id, TransportKind::Ws, None)
+            .await
             .unwrap();
         let rooms: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let err = session

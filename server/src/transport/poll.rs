@@ -50,7 +50,7 @@ pub async fn handler(
             _ => return Err(Error::BadRequest("`wait` must be 0 to 60 seconds".into())),
         },
     };
-    let mut session = state.open(identity, TransportKind::Poll, None)?;
+    let mut session = state.open(identity, TransportKind::Poll, None).await?;
     let mut payloads = Vec::new();
     let mut catch_up = session.catch_up(&rooms, &since, false).await?;
     while payloads.len() < MAX_EVENTS {

@@ -132,7 +132,9 @@ pub async fn handler(
         None => Cursor::new(),
     };
     let presence = flag(q.presence.as_deref());
-    let mut session = state.open(identity, TransportKind::Sse, q.client_id)?;
+    let mut session = state
+        .open(identity, TransportKind::Sse, q.client_id)
+        .await?;
     let catch_up = session.catch_up(&rooms, &since, presence).await?;
 
     let retry_ms = settings.sse_retry_ms;

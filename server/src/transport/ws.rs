@@ -91,7 +91,7 @@ pub async fn handler(
         Err(err) => return Err(err),
     };
     // Boxed, and the socket with it once upgraded: the connection's task then holds pointers.
-    let session = Box::new(state.open(identity, TransportKind::Ws, q.client_id)?);
+    let session = Box::new(state.open(identity, TransportKind::Ws, q.client_id).await?);
     Ok(ws.on_upgrade(move |socket| run(Conn::boxed(socket, session))))
 }
 
@@ -149,7 +149,9 @@ async fn first_frame_auth(
             return None;
         }
     };
-    let opened = state.open_with_token(&token, TransportKind::Ws, client_id);
+    let opened = state
+        .open_with_token(&token, TransportKind::Ws, client_id)
+        .await;
     match opened {
         Ok(session) => {
             let ack: ServerFrame = ServerFrame::Ack {
