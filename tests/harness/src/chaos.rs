@@ -13,6 +13,11 @@
 //!
 //! `GET /stats/<n>` (open CORS) answers what was done for seed `n`:
 //! `{"streams":…,"events":…,"duplicated":…,"delayed":…}`.
+//!
+//! `POST /inject/<n>` (open CORS) with a text body sends that text, in order with the rest,
+//! into every SSE stream (as one `data:` event) and WebSocket (as one text message) of seed
+//! `n` open now, to test how a client handles what the server would never send (an unknown
+//! `v` or `type`); it answers how many streams got it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,9 +61,60 @@ struct Chaos {
     ws_upstream: String,
     http: reqwest::Client,
     stats: Mutex<HashMap<u64, Stats>>,
+    /// Per seed: where `POST /inject/<n>` sends its text.
+    inject: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<String>>>,
 }
 
 type Shared = Arc<Chaos>;
+
+impl Chaos {
+    /// A receiver of the texts injected into the streams of `seed`.
+    fn injected(&self, seed: u64) -> tokio::sync::broadcast::Receiver<String> {
+        let mut inject = self.inject.lock().unwrap_or_else(|e| e.into_inner());
+        inject
+            .entry(seed)
+            .or_insert_with(|| tokio::sync::broadcast::channel(16).0)
+            .subscribe()
+    }
+}
+
+/// `upstream` with the texts of `rx` (wrapped by `wrap`) merged in; ends when `upstream` ends.
+fn with_injected<T: 'static, S>(
+    upstream: S,
+    rx: tokio::sync::broadcast::Receiver<String>,
+    wrap: fn(String) -> T,
+) -> impl Stream<Item = Item<T>>
+where
+    S: Stream<Item = Item<T>>,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    let up = upstream
+        .map(Some)
+        .chain(futures::stream::once(async { None }));
+    let injected = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(text) => return Some((text, rx)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .map(move |text| Some(Item::Other(wrap(text))));
+    futures::stream::select(up, injected)
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready)
+}
+
+/// `POST /inject/<n>`: see the module docs.
+async fn inject(State(chaos): State<Shared>, Path(seed): Path<u64>, body: String) -> String {
+    let inject = chaos.inject.lock().unwrap_or_else(|e| e.into_inner());
+    let sent = inject
+        .get(&seed)
+        .and_then(|tx| tx.send(body).ok())
+        .unwrap_or(0);
+    sent.to_string()
+}
 
 impl Chaos {
     /// A new stream of `seed`: its RNG (seeded with the seed and the stream's index).
@@ -289,7 +345,9 @@ async fn proxy(
     let is_sse = rest == "v1/sse" && resp.status().is_success();
     let body = if is_sse {
         let (tx, rx) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(16);
-        let upstream = sse_blocks(resp.bytes_stream());
+        let upstream = with_injected(sse_blocks(resp.bytes_stream()), chaos.injected(seed), |t| {
+            Bytes::from(format!("data: {}\n\n", t.replace('\n', "\ndata: ")))
+        });
         tokio::spawn(async move {
             relay(&chaos, seed, upstream, |b| {
                 let mut tx = tx.clone();
@@ -358,6 +416,7 @@ async fn websocket(
         Ok((s, _)) => s,
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
+    let injected = chaos.injected(seed);
     upgrade.on_upgrade(move |client: WebSocket| async move {
         let (mut up_tx, up_rx) = upstream.split();
         let (client_tx, mut client_rx) = client.split();
@@ -380,6 +439,7 @@ async fn websocket(
                         Item::Other(m)
                     }
                 });
+            let items = with_injected(items, injected, |t| ws::Message::Text(t.into()));
             let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
             relay(&chaos, seed, items, |m| {
                 let client_tx = client_tx.clone();
@@ -410,10 +470,12 @@ pub async fn serve(addr: SocketAddr, upstream: &str) -> Result<()> {
             .build()
             .context("http client")?,
         stats: Mutex::new(HashMap::new()),
+        inject: Mutex::new(HashMap::new()),
     });
     let cors = tower_http::cors::CorsLayer::very_permissive();
     let app = Router::new()
-        .route("/stats/{seed}", get(stats).layer(cors))
+        .route("/stats/{seed}", get(stats).layer(cors.clone()))
+        .route("/inject/{seed}", axum::routing::post(inject).layer(cors))
         .route("/seed/{seed}/v1/ws", get(websocket))
         .route("/seed/{seed}/{*rest}", any(proxy))
         .with_state(chaos);
