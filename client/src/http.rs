@@ -156,16 +156,25 @@ pub(crate) async fn request(
             )))
         });
     }
-    Err(problem_error(status, json))
+    // `Retry-After` in seconds (the server exposes it to cross-origin pages); the problem's
+    // `retry_after` when the header is not readable.
+    let retry_after = resp
+        .headers()
+        .get("Retry-After")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Err(problem_error(status, json, retry_after))
 }
 
-fn problem_error(status: u16, json: Option<JsValue>) -> Error {
+fn problem_error(status: u16, json: Option<JsValue>, retry_after: Option<u64>) -> Error {
     #[derive(serde::Deserialize)]
     struct Prob {
         code: Option<String>,
         detail: Option<String>,
         title: Option<String>,
         current: Option<Item>,
+        retry_after: Option<u64>,
     }
     let prob: Option<Prob> = json.and_then(|j| from_js(j).ok());
     let fallback = match status {
@@ -188,12 +197,14 @@ fn problem_error(status: u16, json: Option<JsValue>) -> Error {
                 .or(p.title)
                 .unwrap_or_else(|| format!("HTTP {status}")),
             current: p.current,
+            retry_after: retry_after.or(p.retry_after),
         },
         None => Error::Server {
             code: fallback,
             status,
             message: format!("HTTP {status}"),
             current: None,
+            retry_after,
         },
     }
 }
