@@ -7,7 +7,7 @@
 //! [`Room::items`] and an update with cause `pending` is emitted. The first durable event of
 //! the room (`item.put`, `item.deleted` or an application event) whose `key` is the expected
 //! key confirms it: the event's state replaces the pending one and the expectation resolves
-//! with the envelope. Until then, [`Expected::fail`] (the backend said it failed) or the
+//! with the envelope (`Expected` is a future of it). Until then, [`Expected::fail`] (the backend said it failed) or the
 //! timeout rolls it back like a refused write: a `rollback` to the listeners naming the item,
 //! with the error code `failed` (and the application's reason as message) or `timeout`.
 //!
@@ -20,15 +20,16 @@
 //! if app_backend_call("order-17").await.is_err() {
 //!     expected.fail("the backend refused it");
 //! }
-//! let event = expected.confirmed().await?; // or Err: failed / timeout
+//! let event = expected.await?; // or Err: failed / timeout
 //! ```
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures::channel::oneshot;
-use futures::future::{FutureExt, LocalBoxFuture, Shared};
+use futures::FutureExt;
 use gloo_timers::future::TimeoutFuture;
 use serde_json::Value;
 use tidewire_protocol::{validate_idempotency_key, validate_item_id, Envelope};
@@ -76,16 +77,18 @@ impl ExpectedChange {
 type Outcome = Result<Envelope, Error>;
 
 struct Waiting {
+    key: String,
     id: String,
     /// Which expectation of this key (a key may be expected again after it settled).
     gen: u64,
     tx: oneshot::Sender<Outcome>,
 }
 
-/// A room's expected changes by key (in [`crate::shared::RoomShared`]).
+/// A room's expected changes (in [`crate::shared::RoomShared`]); a list, as there are few
+/// (at most [`MAX_EXPECTED_PER_ROOM`]) and a map would cost the module more code.
 #[derive(Default)]
 pub(crate) struct Expectations {
-    waiting: RefCell<BTreeMap<String, Waiting>>,
+    waiting: RefCell<Vec<Waiting>>,
     gen: Cell<u64>,
 }
 
@@ -96,8 +99,7 @@ impl Expectations {
         let Some(key) = &env.key else {
             return;
         };
-        let waiting = self.waiting.borrow_mut().remove(key);
-        if let Some(w) = waiting {
+        if let Some(w) = self.take(key, None) {
             let _ = w.tx.send(Ok(env.clone()));
         }
     }
@@ -105,40 +107,66 @@ impl Expectations {
     /// Removes the expectation `key` (only generation `gen`, when given).
     fn take(&self, key: &str, gen: Option<u64>) -> Option<Waiting> {
         let mut waiting = self.waiting.borrow_mut();
-        match waiting.get(key) {
-            Some(w) if gen.is_none_or(|g| g == w.gen) => waiting.remove(key),
-            _ => None,
-        }
+        let i = waiting
+            .iter()
+            .position(|w| w.key == key && gen.is_none_or(|g| g == w.gen))?;
+        Some(waiting.swap_remove(i))
     }
 }
 
-/// An expected change ([`Room::expect`]). Dropping it changes nothing: the timeout still
-/// applies.
+/// An expected change ([`Room::expect`]): a future of the confirming event (an error with
+/// code `failed` or `timeout` after a rollback). Dropping it changes nothing: the timeout
+/// still applies.
 pub struct Expected {
+    handle: ExpectedHandle,
+    rx: oneshot::Receiver<Outcome>,
+}
+
+/// What fails an expected change: its room, key and generation.
+#[derive(Clone)]
+pub(crate) struct ExpectedHandle {
     room: Room,
     key: String,
     gen: u64,
-    done: Shared<LocalBoxFuture<'static, Outcome>>,
+}
+
+impl ExpectedHandle {
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub(crate) fn fail(&self, reason: &str) -> bool {
+        self.room
+            .give_up(&self.key, Some(self.gen), Error::Failed(reason.to_owned()))
+    }
 }
 
 impl Expected {
     /// The idempotency key the change is expected with.
     pub fn key(&self) -> &str {
-        &self.key
+        self.handle.key()
     }
 
     /// Rolls the change back now (the backend said it failed); the rollback's error has the
     /// code `failed` and `reason` as its message. False when it had already been confirmed
     /// or rolled back.
     pub fn fail(&self, reason: &str) -> bool {
-        self.room
-            .give_up(&self.key, Some(self.gen), Error::Failed(reason.to_owned()))
+        self.handle.fail(reason)
     }
 
-    /// Resolves with the confirming event, or fails with the rollback's error (`failed`,
-    /// `timeout`). Any number of callers may wait for it.
-    pub fn confirmed(&self) -> impl Future<Output = Result<Envelope, Error>> + 'static {
-        self.done.clone()
+    /// The handle (for `fail`) and the outcome, apart.
+    pub(crate) fn into_parts(self) -> (ExpectedHandle, Self) {
+        (self.handle.clone(), self)
+    }
+}
+
+impl Future for Expected {
+    type Output = Result<Envelope, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.rx
+            .poll_unpin(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
     }
 }
 
@@ -166,7 +194,7 @@ impl Room {
         let gen = expectations.gen.get() + 1;
         {
             let mut waiting = expectations.waiting.borrow_mut();
-            if waiting.contains_key(key) {
+            if waiting.iter().any(|w| w.key == key) {
                 return Err(Error::BadOption {
                     name: "key",
                     reason: format!("`{key}` is already expected in this room"),
@@ -175,8 +203,12 @@ impl Room {
             if waiting.len() >= MAX_EXPECTED_PER_ROOM {
                 return Err(Error::TooManyExpected(MAX_EXPECTED_PER_ROOM));
             }
-            let id = change.id.clone();
-            waiting.insert(key.to_owned(), Waiting { id, gen, tx });
+            waiting.push(Waiting {
+                key: key.to_owned(),
+                id: change.id.clone(),
+                gen,
+                tx,
+            });
         }
         expectations.gen.set(gen);
         let op = match change.value {
@@ -203,15 +235,13 @@ impl Room {
             };
             this.give_up(&k, Some(gen), error);
         });
-        let done = rx
-            .map(|r| r.unwrap_or(Err(Error::Closed)))
-            .boxed_local()
-            .shared();
         Ok(Expected {
-            room: self.clone(),
-            key: key.to_owned(),
-            gen,
-            done,
+            handle: ExpectedHandle {
+                room: self.clone(),
+                key: key.to_owned(),
+                gen,
+            },
+            rx,
         })
     }
 

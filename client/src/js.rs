@@ -293,7 +293,7 @@ thread_local! {
 /// key, or rejects (after a `rollback`) with code `failed` or `timeout`.
 #[wasm_bindgen]
 pub struct Expectation {
-    inner: crate::Expected,
+    inner: crate::expect::ExpectedHandle,
     confirmed: js_sys::Promise,
 }
 
@@ -403,7 +403,7 @@ impl Room {
             .0
             .expect(key, change, timeout_ms)
             .map_err(|e| to_js_error(&e))?;
-        let done = expected.confirmed();
+        let (handle, done) = expected.into_parts();
         let confirmed: js_sys::Promise =
             promise(async move { Ok(to_js(&done.await?)) }).unchecked_into();
         // Marks this promise as handled, so an app that only listens to rollbacks sees no
@@ -412,7 +412,7 @@ impl Room {
             let _ = confirmed.catch(noop);
         });
         Ok(Expectation {
-            inner: expected,
+            inner: handle,
             confirmed,
         })
     }
