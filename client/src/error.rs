@@ -1,5 +1,6 @@
 //! The client's one error type. At the JavaScript boundary it becomes an `Error` whose
-//! `code` property is the stable code (the protocol's codes, plus `network` and `closed`).
+//! `code` property is the stable code (the protocol's codes, plus `network` and `closed`, and
+//! for expected changes `timeout`, `failed` and `too_many_expected`).
 //!
 //! ```
 //! use tidewire_client::Error;
