@@ -16,8 +16,9 @@
 //!
 //! `POST /inject/<n>` (open CORS) with a text body sends that text, in order with the rest,
 //! into every SSE stream (as one `data:` event) and WebSocket (as one text message) of seed
-//! `n` open now, to test how a client handles what the server would never send (an unknown
-//! `v` or `type`); it answers how many streams got it.
+//! `n` open now, and into every long-poll of seed `n` waiting now (a JSON text, put before
+//! the events of its answer), to test how a client handles what the server would never send
+//! (an unknown `v` or `type`); it answers how many streams got it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -319,6 +320,8 @@ async fn proxy(
         Some(q) => format!("{}/{rest}?{q}", chaos.upstream),
         None => format!("{}/{rest}", chaos.upstream),
     };
+    // A long-poll waiting now counts as a stream for `/inject` (see `splice_injected`).
+    let mut injected = (rest == "v1/poll").then(|| chaos.injected(seed));
     let method = req.method().clone();
     let headers = forward_headers(req.headers());
     let body = match axum::body::to_bytes(req.into_body(), 2 * 1024 * 1024).await {
@@ -343,7 +346,12 @@ async fn proxy(
         }
     }
     let is_sse = rest == "v1/sse" && resp.status().is_success();
-    let body = if is_sse {
+    let body = if let (Some(rx), true) = (injected.as_mut(), resp.status().is_success()) {
+        match resp.bytes().await {
+            Ok(bytes) => Body::from(splice_injected(&bytes, rx)),
+            Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        }
+    } else if is_sse {
         let (tx, rx) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(16);
         let upstream = with_injected(sse_blocks(resp.bytes_stream()), chaos.injected(seed), |t| {
             Bytes::from(format!("data: {}\n\n", t.replace('\n', "\ndata: ")))
@@ -361,6 +369,28 @@ async fn proxy(
     };
     out.body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A long-poll answer (`{"events":[…],"cursor":…}`) with the JSON texts injected while it
+/// waited put before its events.
+fn splice_injected(body: &[u8], rx: &mut tokio::sync::broadcast::Receiver<String>) -> Vec<u8> {
+    let mut extra = Vec::new();
+    while let Ok(text) = rx.try_recv() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            extra.push(v);
+        }
+    }
+    let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    if extra.is_empty() {
+        return body.to_vec();
+    }
+    if let Some(events) = answer.get_mut("events").and_then(|e| e.as_array_mut()) {
+        extra.append(events);
+        *events = extra;
+    }
+    answer.to_string().into_bytes()
 }
 
 fn to_upstream(m: ws::Message) -> tungstenite::Message {
