@@ -19,7 +19,7 @@ use std::rc::Rc;
 use js_sys::JSON;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tidewire_protocol::{Envelope, ErrorCode, Item, PollResponse, PresenceList, Snapshot};
+use tidewire_protocol::{Envelope, ErrorCode, Item, PresenceList, Snapshot};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, Headers, RequestInit, Response};
@@ -326,6 +326,14 @@ pub(crate) async fn ticket(server: &Endpoint) -> Result<String, Error> {
     Ok(t.ticket)
 }
 
+/// What a long-poll brought: each event decoded on its own (one the client does not
+/// understand, an unknown `v` or `type`, is an error in its place and the others still
+/// count), and the cursor to poll from next (past all of them).
+pub(crate) struct Polled {
+    pub(crate) events: Vec<Result<Envelope, Error>>,
+    pub(crate) cursor: String,
+}
+
 /// `GET /v1/poll`: waits up to `wait` seconds for events after `since`.
 pub(crate) async fn poll(
     server: &Endpoint,
@@ -333,12 +341,25 @@ pub(crate) async fn poll(
     since: &str,
     wait: u32,
     signal: Option<&AbortSignal>,
-) -> Result<PollResponse, Error> {
+) -> Result<Polled, Error> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        events: Vec<Value>,
+        cursor: String,
+    }
     let url = format!(
         "{}/v1/poll?rooms={}&since={}&wait={wait}",
         server.base,
         enc(rooms),
         enc(since)
     );
-    from_js(request(server.auth.as_deref(), "GET", &url, None, &[], signal).await?)
+    let raw: Raw = from_js(request(server.auth.as_deref(), "GET", &url, None, &[], signal).await?)?;
+    Ok(Polled {
+        events: raw
+            .events
+            .into_iter()
+            .map(|v| Envelope::decode_from(v).map_err(Error::from))
+            .collect(),
+        cursor: raw.cursor,
+    })
 }
