@@ -42,19 +42,25 @@ function wasmOpt(wasm) {
     const before = fs.statSync(wasm).size;
     execFileSync(bin, [wasm, '-Os', '-o', wasm], { stdio: 'inherit' });
     console.log(`wasm-opt ${n}: ${before} -> ${fs.statSync(wasm).size} bytes`);
-    return;
+    return true;
   }
   console.warn('no wasm-opt >= 116 found (npm i binaryen, or set WASM_OPT): the .wasm is not optimized');
+  return false;
 }
 // The marker holds the size of the optimized module, so a fresh wasm-pack build is optimized again.
+// It is written only when wasm-opt ran: a module left unoptimized (no wasm-opt found) is tried
+// again on the next run, once one is installed.
 const wasmName = (pkg.files ?? []).find((f) => f.endsWith('.wasm'));
 const marker = path.join(pkgDir, '.wasm-optimized');
 if (wasmName) {
   const wasm = path.join(pkgDir, wasmName);
   const done = fs.existsSync(marker) && fs.readFileSync(marker, 'utf8') === String(fs.statSync(wasm).size);
   if (!done) {
-    wasmOpt(wasm);
-    fs.writeFileSync(marker, String(fs.statSync(wasm).size));
+    if (wasmOpt(wasm)) {
+      fs.writeFileSync(marker, String(fs.statSync(wasm).size));
+    } else {
+      fs.rmSync(marker, { force: true });
+    }
   }
 }
 delete pkg.tidewireOptimized;

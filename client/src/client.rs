@@ -29,6 +29,7 @@ use crate::room_handle::Room;
 use crate::shared::{Conn, Msg, RoomShared, Shared};
 use crate::state::{ConnState, StateMachine, TransportKind};
 use crate::supervisor;
+use crate::types::ErrorInfo;
 use crate::{Error, Options, StateChange};
 
 /// Closes the client when the last [`Client`] handle goes away (unless disarmed).
@@ -92,6 +93,7 @@ impl Client {
             conn: RefCell::new(conn),
             rooms: RefCell::new(BTreeMap::new()),
             states: Listeners::new(),
+            errors: Listeners::new(),
             acks: RefCell::new(BTreeMap::new()),
         });
         shared.listen_to_window();
@@ -144,6 +146,13 @@ impl Client {
     /// Calls `f` on every state change until the subscription is dropped.
     pub fn on_state(&self, f: impl Fn(&StateChange) + 'static) -> Subscription {
         self.shared.states.add(f)
+    }
+
+    /// Calls `f` with `{ code, message }` when something arrives that breaks the protocol (an
+    /// envelope with an unknown `v` or `type`, a malformed frame) or the server sends an
+    /// error frame. The connection keeps running; what follows is still applied.
+    pub fn on_error(&self, f: impl Fn(&ErrorInfo) + 'static) -> Subscription {
+        self.shared.errors.add(f)
     }
 
     /// State changes as a stream.

@@ -23,7 +23,7 @@ use crate::shared::{AckResult, Msg, Shared};
 use crate::state::{Input, TransportKind};
 use crate::supervisor::{recv, End};
 use crate::transport::{Active, PollLoop, SseTransport, TransportMsg, WsTransport};
-use crate::types::{BroadcastMessage, PresenceUpdate};
+use crate::types::{BroadcastMessage, ErrorInfo, PresenceUpdate};
 use crate::Error;
 
 impl Shared {
@@ -75,8 +75,16 @@ impl Shared {
 
     /// Feeds any envelope from a transport. Returns a server reconnect hint when there is one.
     pub(crate) async fn dispatch(&self, env: Envelope) -> Option<u64> {
-        if let Event::Reconnect(r) = &env.event {
-            return Some(r.retry_ms);
+        match &env.event {
+            Event::Reconnect(r) => return Some(r.retry_ms),
+            Event::Error(e) => {
+                self.errors.emit(&ErrorInfo {
+                    code: e.code.as_str().to_owned(),
+                    message: e.message.clone(),
+                });
+                return None;
+            }
+            _ => {}
         }
         let room = self.room(&env.room)?;
         match &env.event {
@@ -259,9 +267,10 @@ pub(crate) async fn connect(
                     watch.seen(now);
                     shared.ack(r#ref, result);
                 }
-                TransportMsg::Bad(why) => {
+                TransportMsg::Bad(info) => {
                     watch.seen(now);
-                    warn(&format!("tidewire: {why}"))
+                    warn(&format!("tidewire: {}: {}", info.code, info.message));
+                    shared.errors.emit(&info);
                 }
                 TransportMsg::Closed { reason, code } => {
                     if code.is_some_and(|c| c >= 4500) {

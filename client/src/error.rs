@@ -1,10 +1,17 @@
 //! The client's one error type. At the JavaScript boundary it becomes an `Error` whose
-//! `code` property is the stable code (the protocol's codes, plus `network` and `closed`).
+//! `code` property is the stable code (the protocol's codes, plus `network` and `closed`, and
+//! for expected changes `timeout`, `failed` and `too_many_expected`).
 //!
 //! ```
 //! use tidewire_client::Error;
 //! use tidewire_protocol::ErrorCode;
-//! let e = Error::Server { code: ErrorCode::VersionConflict, status: 409, message: "stale".into(), current: None };
+//! let e = Error::Server {
+//!     code: ErrorCode::VersionConflict,
+//!     status: 409,
+//!     message: "stale".into(),
+//!     current: None,
+//!     retry_after: None,
+//! };
 //! assert_eq!(e.code(), "version_conflict");
 //! assert_eq!(Error::Network("refused".into()).code(), "network");
 //! ```
@@ -26,6 +33,9 @@ pub enum Error {
         message: String,
         /// For `version_conflict`: the item as the server has it now.
         current: Option<Item>,
+        /// For `rate_limited` over REST: the seconds of `Retry-After` (or the problem's
+        /// `retry_after`), which the client waits before it retries.
+        retry_after: Option<u64>,
     },
     /// The request did not reach the server or its answer did not come back.
     #[error("network error: {0}")]
@@ -44,10 +54,25 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// An expected change ([`crate::Room::expect`]) was not confirmed in time.
+    #[error("no event with key `{key}` within {timeout_ms} ms")]
+    Timeout {
+        /// The idempotency key that was expected.
+        key: String,
+        /// How long the client waited.
+        timeout_ms: u64,
+    },
+    /// The application said an expected change failed (`fail(reason)`).
+    #[error("{0}")]
+    Failed(String),
+    /// Too many expected changes wait in one room.
+    #[error("more than {0} expected changes wait in this room")]
+    TooManyExpected(usize),
 }
 
 impl Error {
-    /// The stable code: an [`ErrorCode`] name, `network` or `closed`.
+    /// The stable code: an [`ErrorCode`] name, `network`, `closed`, `timeout`, `failed` or
+    /// `too_many_expected`.
     pub fn code(&self) -> &'static str {
         match self {
             Error::Server { code, .. } => code.as_str(),
@@ -55,6 +80,9 @@ impl Error {
             Error::Protocol(p) => p.code().as_str(),
             Error::BadOption { .. } => ErrorCode::BadRequest.as_str(),
             Error::Closed => "closed",
+            Error::Timeout { .. } => "timeout",
+            Error::Failed(_) => "failed",
+            Error::TooManyExpected(_) => "too_many_expected",
         }
     }
 
@@ -81,10 +109,14 @@ mod tests {
             status: 0,
             message: String::new(),
             current: None,
+            retry_after: None,
         };
         assert!(server(ErrorCode::StoreUnavailable).is_retryable());
         assert!(!server(ErrorCode::VersionConflict).is_retryable());
+        assert!(server(ErrorCode::RateLimited).is_retryable());
         assert!(!Error::Closed.is_retryable());
+        assert!(!Error::Failed("no".into()).is_retryable());
+        assert_eq!(Error::Failed("no".into()).code(), "failed");
         assert_eq!(
             Error::from(ProtocolError::BadRoomName("x y".into())).code(),
             "bad_room_name"

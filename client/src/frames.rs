@@ -1,5 +1,5 @@
 //! URLs and WebSocket frames the client sends: the SSE and WebSocket URLs, and the `subscribe`,
-//! `auth`, `presence`, `broadcast`, `put` and `delete` frames. Pure functions over the
+//! `auth`, `presence`, `broadcast`, `put`, `delete` and `publish` frames. Pure functions over the
 //! protocol's types, tested natively; the connection and the room handles call them.
 //!
 //! ```
@@ -13,7 +13,7 @@
 //! ```
 
 use serde_json::Value;
-use tidewire_protocol::{ClientFrame, Cursor};
+use tidewire_protocol::{ClientFrame, Cursor, RawAppEvent};
 
 use crate::room::WriteOp;
 
@@ -144,6 +144,20 @@ pub fn write(
     .encode()
 }
 
+/// `publish`: an application event for the room's log, whose `ack` carries `ref`.
+pub fn publish(r#ref: &str, room: &str, event_type: &str, data: Value, key: &str) -> String {
+    ClientFrame::Publish {
+        r#ref: Some(r#ref.to_owned()),
+        room: room.to_owned(),
+        event: RawAppEvent {
+            event_type: event_type.to_owned(),
+            data,
+        },
+        key: Some(key.to_owned()),
+    }
+    .encode()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,5 +240,16 @@ mod tests {
         assert_eq!(del["type"], "delete");
         assert_eq!(del["key"], "k2");
         assert!(del.get("value").is_none());
+    }
+
+    #[test]
+    fn publish_frame_carries_ref_key_and_the_event() {
+        let p = parsed(&publish("w3", "a", "chat.msg", json!({"t": 1}), "k3"));
+        assert_eq!(
+            p,
+            json!({"type": "publish", "ref": "w3", "room": "a",
+                   "event": {"type": "chat.msg", "data": {"t": 1}}, "key": "k3"})
+        );
+        assert!(ClientFrame::decode(&publish("r", "a", "x.y", json!(null), "k")).is_ok());
     }
 }

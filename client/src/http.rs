@@ -19,7 +19,7 @@ use std::rc::Rc;
 use js_sys::JSON;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tidewire_protocol::{Envelope, ErrorCode, Item, PollResponse, PresenceList, Snapshot};
+use tidewire_protocol::{Envelope, ErrorCode, Item, PresenceList, Snapshot};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, Headers, RequestInit, Response};
@@ -156,16 +156,25 @@ pub(crate) async fn request(
             )))
         });
     }
-    Err(problem_error(status, json))
+    // `Retry-After` in seconds (the server exposes it to cross-origin pages); the problem's
+    // `retry_after` when the header is not readable.
+    let retry_after = resp
+        .headers()
+        .get("Retry-After")
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Err(problem_error(status, json, retry_after))
 }
 
-fn problem_error(status: u16, json: Option<JsValue>) -> Error {
+fn problem_error(status: u16, json: Option<JsValue>, retry_after: Option<u64>) -> Error {
     #[derive(serde::Deserialize)]
     struct Prob {
         code: Option<String>,
         detail: Option<String>,
         title: Option<String>,
         current: Option<Item>,
+        retry_after: Option<u64>,
     }
     let prob: Option<Prob> = json.and_then(|j| from_js(j).ok());
     let fallback = match status {
@@ -188,12 +197,14 @@ fn problem_error(status: u16, json: Option<JsValue>) -> Error {
                 .or(p.title)
                 .unwrap_or_else(|| format!("HTTP {status}")),
             current: p.current,
+            retry_after: retry_after.or(p.retry_after),
         },
         None => Error::Server {
             code: fallback,
             status,
             message: format!("HTTP {status}"),
             current: None,
+            retry_after,
         },
     }
 }
@@ -315,6 +326,14 @@ pub(crate) async fn ticket(server: &Endpoint) -> Result<String, Error> {
     Ok(t.ticket)
 }
 
+/// What a long-poll brought: each event decoded on its own (one the client does not
+/// understand, an unknown `v` or `type`, is an error in its place and the others still
+/// count), and the cursor to poll from next (past all of them).
+pub(crate) struct Polled {
+    pub(crate) events: Vec<Result<Envelope, Error>>,
+    pub(crate) cursor: String,
+}
+
 /// `GET /v1/poll`: waits up to `wait` seconds for events after `since`.
 pub(crate) async fn poll(
     server: &Endpoint,
@@ -322,12 +341,25 @@ pub(crate) async fn poll(
     since: &str,
     wait: u32,
     signal: Option<&AbortSignal>,
-) -> Result<PollResponse, Error> {
+) -> Result<Polled, Error> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        events: Vec<Value>,
+        cursor: String,
+    }
     let url = format!(
         "{}/v1/poll?rooms={}&since={}&wait={wait}",
         server.base,
         enc(rooms),
         enc(since)
     );
-    from_js(request(server.auth.as_deref(), "GET", &url, None, &[], signal).await?)
+    let raw: Raw = from_js(request(server.auth.as_deref(), "GET", &url, None, &[], signal).await?)?;
+    Ok(Polled {
+        events: raw
+            .events
+            .into_iter()
+            .map(|v| Envelope::decode_from(v).map_err(Error::from))
+            .collect(),
+        cursor: raw.cursor,
+    })
 }

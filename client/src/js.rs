@@ -65,6 +65,15 @@ extern "C" {
     /// A promise of the server's event.
     #[wasm_bindgen(typescript_type = "Promise<TidewireEvent>")]
     pub type EventPromise;
+    /// An error listener.
+    #[wasm_bindgen(typescript_type = "(error: ErrorInfo) => void")]
+    pub type ErrorCallback;
+    /// The change of `room.expect`.
+    #[wasm_bindgen(typescript_type = "ExpectedChange")]
+    pub type ExpectedChangeArg;
+    /// The options of `room.expect`.
+    #[wasm_bindgen(typescript_type = "ExpectOptions")]
+    pub type ExpectOptionsArg;
 }
 
 /// Converts an error into a JavaScript `Error` with `code` (and `status`, `current`).
@@ -185,6 +194,15 @@ impl JsClient {
         Ok(Subscription::new(self.0.on_state(move |s| call(&f, s))))
     }
 
+    /// Calls `cb({code, message})` when something arrives that breaks the protocol (an
+    /// unknown `v` or `type`, a malformed frame) or the server sends an error frame; the
+    /// connection keeps running.
+    #[wasm_bindgen(js_name = onError)]
+    pub fn on_error(&self, cb: ErrorCallback) -> Result<Subscription, JsValue> {
+        let f = callback(cb.into())?;
+        Ok(Subscription::new(self.0.on_error(move |e| call(&f, e))))
+    }
+
     /// The current state object.
     pub fn state(&self) -> ConnectionStateValue {
         to_js(&StateChange {
@@ -246,6 +264,62 @@ fn write_if_match(opts: Option<WriteOptionsArg>) -> Option<u64> {
         .map(|m| m as u64)
 }
 
+/// `{ id, value }` (a put) or `{ id, deleted: true }` (a delete).
+fn expected_change(v: JsValue) -> Result<crate::ExpectedChange, Error> {
+    let bad = || Error::BadOption {
+        name: "change",
+        reason: "expected { id, value } or { id, deleted: true }".into(),
+    };
+    if !v.is_object() {
+        return Err(bad());
+    }
+    let get = |name: &str| Reflect::get(&v, &name.into()).unwrap_or(JsValue::UNDEFINED);
+    let id = get("id").as_string().ok_or_else(bad)?;
+    if get("deleted").as_bool() == Some(true) {
+        return Ok(crate::ExpectedChange::delete(id));
+    }
+    let value = get("value");
+    if value.is_undefined() {
+        return Err(bad());
+    }
+    Ok(crate::ExpectedChange::put(id, from_js(value)?))
+}
+
+thread_local! {
+    static NOOP: Closure<dyn FnMut(JsValue)> = Closure::new(|_: JsValue| {});
+}
+
+/// A change expected by `room.expect`: `confirmed` resolves with the event that carries its
+/// key, or rejects (after a `rollback`) with code `failed` or `timeout`.
+#[wasm_bindgen]
+pub struct Expectation {
+    inner: crate::expect::ExpectedHandle,
+    confirmed: js_sys::Promise,
+}
+
+#[wasm_bindgen]
+impl Expectation {
+    /// The idempotency key the change is expected with.
+    #[wasm_bindgen(getter)]
+    pub fn key(&self) -> String {
+        self.inner.key().to_owned()
+    }
+
+    /// Resolves with the confirming event; rejects with a `TidewireError` whose code is
+    /// `failed` (after `fail(reason)`) or `timeout`.
+    #[wasm_bindgen(getter)]
+    pub fn confirmed(&self) -> EventPromise {
+        self.confirmed.clone().unchecked_into()
+    }
+
+    /// The backend said the change failed: rolls it back now (`rollback` with code `failed`
+    /// and `reason` as its message). False when it was already confirmed or rolled back.
+    pub fn fail(&self, reason: Option<String>) -> bool {
+        let reason = reason.unwrap_or_else(|| "the application said the change failed".into());
+        self.inner.fail(&reason)
+    }
+}
+
 fn promise(
     fut: impl std::future::Future<Output = Result<JsValue, Error>> + 'static,
 ) -> EventPromise {
@@ -296,16 +370,50 @@ impl Room {
         promise(async move { Ok(to_js(&write.await?)) })
     }
 
-    /// Appends an application event `{type, data}` to the room's log.
+    /// Appends an application event `{type, data}` to the room's log (over the WebSocket
+    /// when one is open, else REST; retried with the same idempotency key).
     pub fn publish(&self, event: String, data: JsValue) -> EventPromise {
-        let room = self.0.clone();
-        promise(async move {
-            let data: Value = if data.is_undefined() {
-                Value::Null
-            } else {
-                from_js(data)?
-            };
-            Ok(to_js(&room.publish(&event, data).await?))
+        let data = if data.is_undefined() {
+            Ok(Value::Null)
+        } else {
+            from_js::<Value>(data)
+        };
+        let write = data.map(|d| self.0.publish(&event, d));
+        promise(async move { Ok(to_js(&write?.await?)) })
+    }
+
+    /// Shows a change the application makes through its own backend at once (`pending`),
+    /// confirmed by the room's first event whose envelope `key` is `key`, rolled back by
+    /// `fail(reason)` or after `timeoutMs` (default 10 000).
+    pub fn expect(
+        &self,
+        key: &str,
+        change: ExpectedChangeArg,
+        options: Option<ExpectOptionsArg>,
+    ) -> Result<Expectation, JsValue> {
+        let change = expected_change(change.into()).map_err(|e| to_js_error(&e))?;
+        let timeout_ms = options
+            .map(JsValue::from)
+            .filter(|o| o.is_object())
+            .and_then(|o| Reflect::get(&o, &"timeoutMs".into()).ok())
+            .and_then(|t| t.as_f64())
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(|t| t as u64);
+        let expected = self
+            .0
+            .expect(key, change, timeout_ms)
+            .map_err(|e| to_js_error(&e))?;
+        let (handle, done) = expected.into_parts();
+        let confirmed: js_sys::Promise =
+            promise(async move { Ok(to_js(&done.await?)) }).unchecked_into();
+        // Marks this promise as handled, so an app that only listens to rollbacks sees no
+        // "uncaught (in promise)"; promises made from it with `then` still reject as usual.
+        NOOP.with(|noop| {
+            let _ = confirmed.catch(noop);
+        });
+        Ok(Expectation {
+            inner: handle,
+            confirmed,
         })
     }
 

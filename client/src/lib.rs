@@ -8,10 +8,11 @@
 //! [`backoff`] (exponential backoff with full jitter), [`state`] (the connection state
 //! machine), [`ladder`] (which transport next: fallback and climb-back), [`deadlines`] (open
 //! bound, stall watchdog, climb and token-refresh times), [`frames`] (URLs and WebSocket
-//! frames) and [`room`] (room state, ordering, pending writes); so are the options
+//! frames), [`retry`] (when a write is sent again) and [`room`] (room state, ordering,
+//! pending writes); so are the options
 //! ([`Options`]) and the public event types ([`RoomUpdate`], [`StateChange`], …). The browser
-//! layer (`client`, `room_handle`, `optimistic`, `supervisor`, `connection`, `transport`,
-//! `http`, `js`) is a thin shell around them, compiled for wasm32 only. The module layout is
+//! layer (`client`, `room_handle`, `optimistic`, `expect`, `supervisor`, `connection`,
+//! `transport`, `http`, `js`) is a thin shell around them, compiled for wasm32 only. The module layout is
 //! described in the crate's README.
 //!
 //! ```
@@ -40,6 +41,8 @@ mod client;
 mod connection;
 pub mod deadlines;
 mod error;
+#[cfg(target_arch = "wasm32")]
+pub mod expect;
 pub mod frames;
 #[cfg(target_arch = "wasm32")]
 pub mod http;
@@ -50,6 +53,7 @@ pub mod listeners;
 #[cfg(target_arch = "wasm32")]
 mod optimistic;
 mod options;
+pub mod retry;
 pub mod room;
 #[cfg(target_arch = "wasm32")]
 mod room_handle;
@@ -68,6 +72,8 @@ mod types;
 #[cfg(target_arch = "wasm32")]
 pub use client::Client;
 pub use error::Error;
+#[cfg(target_arch = "wasm32")]
+pub use expect::{Expected, ExpectedChange};
 pub use listeners::{ListenerStream, Subscription};
 pub use options::Options;
 #[cfg(target_arch = "wasm32")]

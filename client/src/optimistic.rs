@@ -1,7 +1,9 @@
 //! Optimistic writes of a [`Room`]: the write shows at once (`pending: true`), is sent over
 //! the open WebSocket (answered by an `ack`) or over REST (`Idempotency-Key`, `If-Match`),
-//! is retried with the same key after a network failure (so it is applied once), and is
-//! confirmed by the server's event or rolled back when the server refuses it.
+//! is retried with the same key after a network failure, a `5xx` or a `429` (waiting its
+//! `Retry-After`, see [`crate::retry`]), so it is applied once, and is confirmed by the
+//! server's event or rolled back when the server refuses it. [`Room::publish`] is sent the
+//! same way (it has nothing to show or roll back).
 //!
 //! ```ignore
 //! let write = room.put("slot-3", serde_json::json!({"free": false}));
@@ -15,11 +17,12 @@ use futures::channel::oneshot;
 use futures::future::{select, Either};
 use gloo_timers::future::TimeoutFuture;
 use serde_json::Value;
-use tidewire_protocol::{validate_item_id, Envelope};
+use tidewire_protocol::{validate_event_type, validate_item_id, Envelope};
 
 use crate::browser::{online, timer_ms};
 use crate::frames;
 use crate::http;
+use crate::retry::write_retry_delay_ms;
 use crate::room::WriteOp;
 use crate::room_handle::Room;
 use crate::types::{Cause, ErrorInfo, LocalCause, Rollback};
@@ -27,6 +30,20 @@ use crate::Error;
 
 /// How long a write sent over the WebSocket waits for its `ack`.
 const ACK_TIMEOUT_MS: u32 = 10_000;
+
+/// What a write sends: an item change or an application event.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    Item {
+        id: &'a str,
+        op: &'a WriteOp,
+        if_match: Option<u64>,
+    },
+    Publish {
+        event_type: &'a str,
+        data: &'a Value,
+    },
+}
 
 impl Room {
     /// Optimistically puts `value`; confirmed with the server's event, rolled back on refusal.
@@ -112,15 +129,69 @@ impl Room {
         op: WriteOp,
         expected: Option<u64>,
     ) -> Result<Envelope, Error> {
-        let id = id.as_str();
+        let out = Outgoing::Item {
+            id: &id,
+            op: &op,
+            if_match: expected,
+        };
+        let result = self.send(&key, out).await;
+        if let Err(e) = &result {
+            self.roll_back(&key, &id, e);
+        }
+        result
+    }
+
+    /// Appends an application event to the room's log: over the open WebSocket (answered by
+    /// an `ack`) or over REST, retried with the same idempotency key after a network failure,
+    /// a `5xx` or a `429` (after its `Retry-After`), so it is appended once. A refusal (a
+    /// `4xx`) is the error.
+    pub fn publish(
+        &self,
+        event_type: &str,
+        data: Value,
+    ) -> impl Future<Output = Result<Envelope, Error>> + 'static {
+        let checked = validate_event_type(event_type)
+            .map_err(Error::from)
+            .and_then(|()| match self.shared.is_closed() {
+                true => Err(Error::Closed),
+                false => Ok(self.shared.next_key()),
+            });
+        let this = self.clone();
+        let event_type = event_type.to_owned();
+        async move {
+            let key = checked?;
+            let out = Outgoing::Publish {
+                event_type: &event_type,
+                data: &data,
+            };
+            this.send(&key, out).await
+        }
+    }
+
+    /// Sends a write until it is answered: over the WebSocket when one is open, else over
+    /// REST; a retryable failure is retried with the same key (see [`crate::retry`]). The
+    /// server's event is applied before it is returned.
+    async fn send(&self, key: &str, out: Outgoing<'_>) -> Result<Envelope, Error> {
         let api = &self.shared.api;
+        let room = self.room.name.as_str();
         let mut attempt = 0u32;
         loop {
-            let result = match self.write_over_ws(id, &op, &key, expected) {
+            let result = match self.write_over_ws(&out, key) {
                 Some(ack) => ack.await,
-                None => match &op {
-                    WriteOp::Put(v) => http::put(api, &self.room.name, id, v, &key, expected).await,
-                    WriteOp::Delete => http::delete(api, &self.room.name, id, &key, expected).await,
+                None => match out {
+                    Outgoing::Item {
+                        id,
+                        op: WriteOp::Put(v),
+                        if_match,
+                    } => http::put(api, room, id, v, key, if_match).await,
+                    Outgoing::Item {
+                        id,
+                        op: WriteOp::Delete,
+                        if_match,
+                    } => http::delete(api, room, id, key, if_match).await,
+                    Outgoing::Publish { event_type, data } => {
+                        http::publish(api, room, event_type, data, key).await
+                    }
                 },
             };
             match result {
@@ -129,17 +200,21 @@ impl Room {
                     return Ok(env);
                 }
                 Err(e) if e.is_retryable() && attempt < self.shared.options.write_retries => {
-                    let wait = (250u64 << attempt.min(5)).min(5_000);
+                    let hint = match &e {
+                        Error::Server { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    let wait = write_retry_delay_ms(attempt, hint);
                     attempt += 1;
                     TimeoutFuture::new(timer_ms(wait)).await;
                     while !online() && !self.shared.is_closed() {
                         TimeoutFuture::new(500).await;
                     }
+                    if self.shared.is_closed() {
+                        return Err(Error::Closed);
+                    }
                 }
-                Err(e) => {
-                    self.roll_back(&key, id, &e);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -148,13 +223,17 @@ impl Room {
     /// (a network error when the socket closes first or no ack comes within 10 s).
     fn write_over_ws(
         &self,
-        id: &str,
-        op: &WriteOp,
+        out: &Outgoing<'_>,
         key: &str,
-        if_match: Option<u64>,
     ) -> Option<impl Future<Output = Result<Envelope, Error>>> {
         let r = format!("w{}", self.shared.next_key());
-        let frame = frames::write(&r, &self.room.name, id, op, key, if_match);
+        let room = &self.room.name;
+        let frame = match *out {
+            Outgoing::Item { id, op, if_match } => frames::write(&r, room, id, op, key, if_match),
+            Outgoing::Publish { event_type, data } => {
+                frames::publish(&r, room, event_type, data.clone(), key)
+            }
+        };
         let (tx, rx) = oneshot::channel();
         self.shared.acks.borrow_mut().insert(r.clone(), tx);
         if !self.shared.send_ws(&frame) {
@@ -176,6 +255,7 @@ impl Room {
                     status: 0,
                     message: e.title,
                     current: e.current,
+                    retry_after: None,
                 }),
                 None => Err(Error::Network("the WebSocket closed before the ack".into())),
             }
@@ -183,7 +263,7 @@ impl Room {
     }
 
     /// Drops the pending write `key` and tells the listeners (with the server's value).
-    fn roll_back(&self, key: &str, id: &str, error: &Error) {
+    pub(crate) fn roll_back(&self, key: &str, id: &str, error: &Error) {
         let (value, version) = match error {
             Error::Server {
                 current: Some(item),

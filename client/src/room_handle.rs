@@ -1,7 +1,7 @@
 //! [`Room`]: the handle of one room on a client's connection (what centrifuge-js calls a
-//! subscription). It reads the room's state, registers listeners, publishes application
-//! events, and joins presence and broadcasts; its optimistic writes are in
-//! [`crate::optimistic`]. The state itself is [`crate::room::RoomState`].
+//! subscription). It reads the room's state, registers listeners, and joins presence and
+//! broadcasts; its writes (optimistic `put`/`delete`, `publish`) are in
+//! [`crate::optimistic`], changes the application makes elsewhere in [`crate::expect`]. The state itself is [`crate::room::RoomState`].
 //!
 //! ```ignore
 //! let room = client.room("board-1")?;
@@ -16,7 +16,6 @@ use serde_json::Value;
 use tidewire_protocol::{Envelope, Member, RawAppEvent};
 
 use crate::frames;
-use crate::http;
 use crate::listeners::{ListenerStream, Subscription};
 use crate::room::ViewItem;
 use crate::shared::{Msg, RoomShared, Shared};
@@ -79,15 +78,6 @@ impl Room {
     /// Calls `f` on broadcast messages from other clients.
     pub fn on_broadcast(&self, f: impl Fn(&BroadcastMessage) + 'static) -> Subscription {
         self.room.broadcasts.add(f)
-    }
-
-    /// Appends an application event to the room's log.
-    pub async fn publish(&self, event_type: &str, data: Value) -> Result<Envelope, Error> {
-        tidewire_protocol::validate_event_type(event_type)?;
-        let key = self.shared.next_key();
-        let env = http::publish(&self.shared.api, &self.room.name, event_type, &data, &key).await?;
-        self.shared.apply_durable(&self.room, env.clone());
-        Ok(env)
     }
 
     /// Joins the room's presence set with `meta` (switches `auto` to WebSocket).

@@ -1,6 +1,6 @@
 //! The state one client's parts share: the options, the connection (state machine, backoff,
-//! ladder, live transport), the rooms with their listeners, and the writes waiting for an
-//! `ack`. The facade ([`crate::Client`]), the room handles, the supervisor and the connection
+//! ladder, live transport), the rooms with their listeners and expected changes, the error
+//! listeners, and the writes waiting for an `ack`. The facade ([`crate::Client`]), the room handles, the supervisor and the connection
 //! all hold an `Rc<Shared>`; the supervisor is told about changes through [`Msg`]s.
 //!
 //! ```ignore
@@ -22,13 +22,16 @@ use tidewire_protocol::{Cursor, Envelope, Snapshot};
 use crate::backoff::{Backoff, Random};
 use crate::browser::now_ms;
 use crate::deadlines::Bounds;
+use crate::expect::Expectations;
 use crate::http;
 use crate::ladder::Ladder;
 use crate::listeners::Listeners;
 use crate::room::RoomState;
 use crate::state::{ConnState, Input, StateMachine};
 use crate::transport::{Active, Sink};
-use crate::types::{BroadcastMessage, Cause, LocalCause, PresenceUpdate, Rollback, RoomUpdate};
+use crate::types::{
+    BroadcastMessage, Cause, ErrorInfo, LocalCause, PresenceUpdate, Rollback, RoomUpdate,
+};
 use crate::{Options, StateChange};
 
 /// What the supervisor is told.
@@ -62,6 +65,8 @@ pub(crate) struct RoomShared {
     pub(crate) rollbacks: Listeners<Rollback>,
     pub(crate) presence: Listeners<PresenceUpdate>,
     pub(crate) broadcasts: Listeners<BroadcastMessage>,
+    /// Changes the application expects by key ([`crate::Room::expect`]).
+    pub(crate) expected: Expectations,
 }
 
 impl RoomShared {
@@ -77,6 +82,7 @@ impl RoomShared {
             rollbacks: Listeners::new(),
             presence: Listeners::new(),
             broadcasts: Listeners::new(),
+            expected: Expectations::default(),
         }
     }
 
@@ -128,6 +134,8 @@ pub(crate) struct Shared {
     pub(crate) conn: RefCell<Conn>,
     pub(crate) rooms: RefCell<BTreeMap<String, Rc<RoomShared>>>,
     pub(crate) states: Listeners<StateChange>,
+    /// Protocol errors: what arrived and could not be understood, the server's error frames.
+    pub(crate) errors: Listeners<ErrorInfo>,
     /// Writes sent over the WebSocket, waiting for their `ack`, by `ref`. Dropped (failing
     /// the writes, which then retry) when the connection ends.
     pub(crate) acks: RefCell<BTreeMap<String, oneshot::Sender<AckResult>>>,
@@ -163,6 +171,7 @@ impl Shared {
             transport: self.conn.borrow().machine.transport(),
         });
         self.states.clear();
+        self.errors.clear();
         for room in self.rooms.borrow().values() {
             room.clear_listeners();
         }
@@ -245,7 +254,8 @@ impl Shared {
             let _ = self.tx.unbounded_send(Msg::Tick);
         }
         for env in outcome.applied {
-            room.emit_update(Cause::Event(env));
+            room.emit_update(Cause::Event(env.clone()));
+            room.expected.confirm(&env);
         }
     }
 
@@ -268,7 +278,8 @@ impl Shared {
             seq,
         }));
         for env in applied {
-            room.emit_update(Cause::Event(env));
+            room.emit_update(Cause::Event(env.clone()));
+            room.expected.confirm(&env);
         }
     }
 

@@ -117,12 +117,28 @@ pub fn write_options() -> ObjectDecl {
     }
 }
 
+/// The options of `room.expect` (read by `js.rs`).
+pub fn expect_options() -> ObjectDecl {
+    ObjectDecl {
+        name: "ExpectOptions",
+        doc: "Options of `room.expect`; `timeoutMs` (default 10000, at most 600000): how long to wait for the confirming event before rolling back with code `timeout`.",
+        fields: vec![("timeoutMs", true, "number".into())],
+    }
+}
+
+/// The change of `room.expect` (read by `js.rs`).
+const EXPECTED_CHANGE: &str = "/**
+ * The change `room.expect` shows (pending) until the event with its key confirms it: a put or a delete.
+ */
+export type ExpectedChange = { id: string; value: any } | { id: string; deleted: true };
+";
+
 /// The `Error`s this package throws and rejects with (`js::to_js_error`).
 const TIDEWIRE_ERROR: &str = "/**
  * Errors thrown or rejected by this package.
  */
 export interface TidewireError extends Error {
-  /** A protocol error code (`version_conflict`, `bad_room_name`, …), `network` or `closed`. */
+  /** A protocol error code (`version_conflict`, `bad_room_name`, …), `network`, `closed`, or for `room.expect` `timeout`, `failed`, `too_many_expected`. */
   code: string;
   status?: number;
   current?: { id: string; value: any; version: number };
@@ -257,6 +273,9 @@ pub fn declarations() -> String {
     derived::<BroadcastMessage>(&mut out, &cfg);
 
     render_object(&mut out, &write_options());
+    render_object(&mut out, &expect_options());
+    out.push_str(EXPECTED_CHANGE);
+    out.push('\n');
     out.push_str(TIDEWIRE_ERROR);
     out.push('\n');
     out
@@ -314,6 +333,8 @@ mod tests {
             "PresenceUpdate",
             "BroadcastMessage",
             "WriteOptions",
+            "ExpectOptions",
+            "ExpectedChange",
         ] {
             assert_eq!(
                 dts.matches(&format!("export type {name} =")).count(),

@@ -268,10 +268,20 @@ export type BroadcastMessage = {
 export type WriteOptions = { ifMatch?: number };
 
 /**
+ * Options of `room.expect`; `timeoutMs` (default 10000, at most 600000): how long to wait for the confirming event before rolling back with code `timeout`.
+ */
+export type ExpectOptions = { timeoutMs?: number };
+
+/**
+ * The change `room.expect` shows (pending) until the event with its key confirms it: a put or a delete.
+ */
+export type ExpectedChange = { id: string; value: any } | { id: string; deleted: true };
+
+/**
  * Errors thrown or rejected by this package.
  */
 export interface TidewireError extends Error {
-  /** A protocol error code (`version_conflict`, `bad_room_name`, …), `network` or `closed`. */
+  /** A protocol error code (`version_conflict`, `bad_room_name`, …), `network`, `closed`, or for `room.expect` `timeout`, `failed`, `too_many_expected`. */
   code: string;
   status?: number;
   current?: { id: string; value: any; version: number };

@@ -22,6 +22,8 @@ pub(crate) use ws::WsTransport;
 
 use tidewire_protocol::{AckError, Envelope, Snapshot};
 
+use crate::types::ErrorInfo;
+
 /// What a transport reports.
 #[derive(Debug)]
 pub(crate) enum TransportMsg {
@@ -38,8 +40,9 @@ pub(crate) enum TransportMsg {
         /// The outcome.
         result: Result<Option<Envelope>, AckError>,
     },
-    /// Something arrived that breaks the protocol; the transport keeps running.
-    Bad(String),
+    /// Something arrived that breaks the protocol, or the server sent an error frame; the
+    /// transport keeps running.
+    Bad(ErrorInfo),
     /// A frame arrived that carries nothing for the supervisor (a WebSocket `pong`): the
     /// connection is alive.
     Alive,

@@ -15,6 +15,7 @@ use web_sys::AbortController;
 
 use super::{Sink, TransportMsg};
 use crate::http;
+use crate::types::ErrorInfo;
 
 /// A running poll task.
 pub(crate) struct PollLoop {
@@ -84,7 +85,10 @@ impl PollLoop {
                             if st.get() {
                                 return;
                             }
-                            sink(TransportMsg::Envelope(env));
+                            sink(match env {
+                                Ok(env) => TransportMsg::Envelope(env),
+                                Err(e) => TransportMsg::Bad(ErrorInfo::from(&e)),
+                            });
                         }
                         since = resp.cursor;
                     }

@@ -16,6 +16,7 @@ use web_sys::{EventSource, MessageEvent};
 
 use super::{Sink, TransportMsg};
 use crate::http::{envelope_from_js, from_js, parse_json};
+use crate::types::ErrorInfo;
 use crate::Error;
 
 /// An open `EventSource` and its four listeners.
@@ -48,7 +49,7 @@ impl SseTransport {
             };
             match parse_json(&text).and_then(envelope_from_js) {
                 Ok(env) => s(TransportMsg::Envelope(env)),
-                Err(err) => s(TransportMsg::Bad(err.to_string())),
+                Err(err) => s(TransportMsg::Bad(ErrorInfo::from(&err))),
             }
         });
         let s = sink.clone();
@@ -63,7 +64,10 @@ impl SseTransport {
                     heartbeat_ms: d.heartbeat_ms,
                     retry_ms: d.retry_ms,
                 }),
-                Err(err) => s(TransportMsg::Bad(format!("heartbeat: {err}"))),
+                Err(err) => s(TransportMsg::Bad(ErrorInfo {
+                    code: err.code().to_owned(),
+                    message: format!("heartbeat: {err}"),
+                })),
             }
         });
         let s = sink;

@@ -24,6 +24,7 @@ use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
 use super::{Sink, TransportMsg};
 use crate::http::{from_js, parse_json};
+use crate::types::ErrorInfo;
 use crate::Error;
 
 /// An open WebSocket, its listeners and its ping timer.
@@ -79,11 +80,12 @@ impl WsTransport {
                 Ok(ServerFrame::Ack { r#ref, result, .. }) => {
                     s(TransportMsg::Ack { r#ref, result })
                 }
-                Ok(ServerFrame::Error { code, message, .. }) => {
-                    s(TransportMsg::Bad(format!("{code}: {message}")))
-                }
+                Ok(ServerFrame::Error { code, message, .. }) => s(TransportMsg::Bad(ErrorInfo {
+                    code: code.as_str().to_owned(),
+                    message,
+                })),
                 Ok(_) => s(TransportMsg::Alive),
-                Err(err) => s(TransportMsg::Bad(err.to_string())),
+                Err(err) => s(TransportMsg::Bad(ErrorInfo::from(&err))),
             }
         });
         let s = sink;

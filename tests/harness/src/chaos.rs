@@ -13,6 +13,12 @@
 //!
 //! `GET /stats/<n>` (open CORS) answers what was done for seed `n`:
 //! `{"streams":…,"events":…,"duplicated":…,"delayed":…}`.
+//!
+//! `POST /inject/<n>` (open CORS) with a text body sends that text, in order with the rest,
+//! into every SSE stream (as one `data:` event) and WebSocket (as one text message) of seed
+//! `n` open now, and into every long-poll of seed `n` waiting now (a JSON text, put before
+//! the events of its answer), to test how a client handles what the server would never send
+//! (an unknown `v` or `type`); it answers how many streams got it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,9 +62,60 @@ struct Chaos {
     ws_upstream: String,
     http: reqwest::Client,
     stats: Mutex<HashMap<u64, Stats>>,
+    /// Per seed: where `POST /inject/<n>` sends its text.
+    inject: Mutex<HashMap<u64, tokio::sync::broadcast::Sender<String>>>,
 }
 
 type Shared = Arc<Chaos>;
+
+impl Chaos {
+    /// A receiver of the texts injected into the streams of `seed`.
+    fn injected(&self, seed: u64) -> tokio::sync::broadcast::Receiver<String> {
+        let mut inject = self.inject.lock().unwrap_or_else(|e| e.into_inner());
+        inject
+            .entry(seed)
+            .or_insert_with(|| tokio::sync::broadcast::channel(16).0)
+            .subscribe()
+    }
+}
+
+/// `upstream` with the texts of `rx` (wrapped by `wrap`) merged in; ends when `upstream` ends.
+fn with_injected<T: 'static, S>(
+    upstream: S,
+    rx: tokio::sync::broadcast::Receiver<String>,
+    wrap: fn(String) -> T,
+) -> impl Stream<Item = Item<T>>
+where
+    S: Stream<Item = Item<T>>,
+{
+    use tokio::sync::broadcast::error::RecvError;
+    let up = upstream
+        .map(Some)
+        .chain(futures::stream::once(async { None }));
+    let injected = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(text) => return Some((text, rx)),
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .map(move |text| Some(Item::Other(wrap(text))));
+    futures::stream::select(up, injected)
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready)
+}
+
+/// `POST /inject/<n>`: see the module docs.
+async fn inject(State(chaos): State<Shared>, Path(seed): Path<u64>, body: String) -> String {
+    let inject = chaos.inject.lock().unwrap_or_else(|e| e.into_inner());
+    let sent = inject
+        .get(&seed)
+        .and_then(|tx| tx.send(body).ok())
+        .unwrap_or(0);
+    sent.to_string()
+}
 
 impl Chaos {
     /// A new stream of `seed`: its RNG (seeded with the seed and the stream's index).
@@ -263,6 +320,8 @@ async fn proxy(
         Some(q) => format!("{}/{rest}?{q}", chaos.upstream),
         None => format!("{}/{rest}", chaos.upstream),
     };
+    // A long-poll waiting now counts as a stream for `/inject` (see `splice_injected`).
+    let mut injected = (rest == "v1/poll").then(|| chaos.injected(seed));
     let method = req.method().clone();
     let headers = forward_headers(req.headers());
     let body = match axum::body::to_bytes(req.into_body(), 2 * 1024 * 1024).await {
@@ -287,9 +346,16 @@ async fn proxy(
         }
     }
     let is_sse = rest == "v1/sse" && resp.status().is_success();
-    let body = if is_sse {
+    let body = if let (Some(rx), true) = (injected.as_mut(), resp.status().is_success()) {
+        match resp.bytes().await {
+            Ok(bytes) => Body::from(splice_injected(&bytes, rx)),
+            Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        }
+    } else if is_sse {
         let (tx, rx) = futures::channel::mpsc::channel::<std::io::Result<Bytes>>(16);
-        let upstream = sse_blocks(resp.bytes_stream());
+        let upstream = with_injected(sse_blocks(resp.bytes_stream()), chaos.injected(seed), |t| {
+            Bytes::from(format!("data: {}\n\n", t.replace('\n', "\ndata: ")))
+        });
         tokio::spawn(async move {
             relay(&chaos, seed, upstream, |b| {
                 let mut tx = tx.clone();
@@ -303,6 +369,28 @@ async fn proxy(
     };
     out.body(body)
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+}
+
+/// A long-poll answer (`{"events":[…],"cursor":…}`) with the JSON texts injected while it
+/// waited put before its events.
+fn splice_injected(body: &[u8], rx: &mut tokio::sync::broadcast::Receiver<String>) -> Vec<u8> {
+    let mut extra = Vec::new();
+    while let Ok(text) = rx.try_recv() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            extra.push(v);
+        }
+    }
+    let Ok(mut answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.to_vec();
+    };
+    if extra.is_empty() {
+        return body.to_vec();
+    }
+    if let Some(events) = answer.get_mut("events").and_then(|e| e.as_array_mut()) {
+        extra.append(events);
+        *events = extra;
+    }
+    answer.to_string().into_bytes()
 }
 
 fn to_upstream(m: ws::Message) -> tungstenite::Message {
@@ -358,6 +446,7 @@ async fn websocket(
         Ok((s, _)) => s,
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
+    let injected = chaos.injected(seed);
     upgrade.on_upgrade(move |client: WebSocket| async move {
         let (mut up_tx, up_rx) = upstream.split();
         let (client_tx, mut client_rx) = client.split();
@@ -380,6 +469,7 @@ async fn websocket(
                         Item::Other(m)
                     }
                 });
+            let items = with_injected(items, injected, |t| ws::Message::Text(t.into()));
             let client_tx = Arc::new(tokio::sync::Mutex::new(client_tx));
             relay(&chaos, seed, items, |m| {
                 let client_tx = client_tx.clone();
@@ -410,10 +500,12 @@ pub async fn serve(addr: SocketAddr, upstream: &str) -> Result<()> {
             .build()
             .context("http client")?,
         stats: Mutex::new(HashMap::new()),
+        inject: Mutex::new(HashMap::new()),
     });
     let cors = tower_http::cors::CorsLayer::very_permissive();
     let app = Router::new()
-        .route("/stats/{seed}", get(stats).layer(cors))
+        .route("/stats/{seed}", get(stats).layer(cors.clone()))
+        .route("/inject/{seed}", axum::routing::post(inject).layer(cors))
         .route("/seed/{seed}/v1/ws", get(websocket))
         .route("/seed/{seed}/{*rest}", any(proxy))
         .with_state(chaos);

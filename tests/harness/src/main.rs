@@ -11,7 +11,8 @@
 //! - A control API with open CORS listens on `--ctl-port`: `POST /restart` (kill the server and
 //!   start it again on the same port and database; `?graceful=1` sends SIGTERM first),
 //!   `POST /stop`, `POST /start`, `POST /sse-stall?on=1|0`, `POST /sse-freeze?on=1|0`,
-//!   `POST /ws-freeze?on=1|0`, `GET /health`.
+//!   `POST /ws-freeze?on=1|0`, `POST /fail-writes?status=503&count=2&retry_after=1`,
+//!   `GET /fail-writes`, `GET /health`.
 //! - A reverse proxy listens on `--proxy-port` in front of the server. While SSE stalling is
 //!   on, it holds `/v1/sse` requests without sending a byte, as a buffering proxy would. While
 //!   SSE freezing is on, it stops forwarding the bytes of `/v1/sse` streams, those already
@@ -19,7 +20,11 @@
 //!   forwarded when freezing is turned off. `/v1/ws` is proxied too (a WebSocket to the
 //!   browser, one to the server, text and binary frames relayed); while WebSocket freezing is
 //!   on, it relays no frame in either direction, on sockets already open and on new ones,
-//!   without closing them, and relays what it holds when freezing is turned off.
+//!   without closing them, and relays what it holds when freezing is turned off. After
+//!   `POST /fail-writes?status=S&count=N[&retry_after=R]` it answers the next `N` writes
+//!   (`PUT`/`POST`/`DELETE` under `/v1/rooms/`) itself with status `S` (a problem+json body,
+//!   `Retry-After: R` when given) instead of forwarding them; `GET /fail-writes` answers
+//!   `{"left":…,"keys":[…]}`, the `Idempotency-Key`s of the writes it failed (the last 100).
 //! - A second server with auth on (`--jwt-secret`, a free port) for the auth browser tests;
 //!   `POST /token?sub=&read=a,b&write=a,b&ttl=3` on the control API mints an HS256 token for
 //!   it (`read`/`write` are comma-separated room patterns, `ttl` in seconds).
@@ -259,9 +264,97 @@ struct Ctl {
     freeze_ws: tokio::sync::watch::Sender<bool>,
     upstream: String,
     http: reqwest::Client,
+    /// Writes the proxy answers itself with an error (see the module docs).
+    fail_writes: std::sync::Mutex<FailWrites>,
+}
+
+#[derive(Default, serde::Serialize)]
+struct FailWrites {
+    #[serde(skip)]
+    status: u16,
+    #[serde(skip)]
+    retry_after: Option<u64>,
+    left: u32,
+    keys: std::collections::VecDeque<String>,
 }
 
 type Shared = Arc<Ctl>;
+
+#[derive(serde::Deserialize)]
+struct FailQuery {
+    status: u16,
+    count: u32,
+    retry_after: Option<u64>,
+}
+
+async fn fail_writes(State(ctl): State<Shared>, Query(q): Query<FailQuery>) -> Response {
+    if !(400..600).contains(&q.status) {
+        return (StatusCode::BAD_REQUEST, "status must be 400..=599").into_response();
+    }
+    let mut f = ctl.fail_writes.lock().unwrap_or_else(|e| e.into_inner());
+    *f = FailWrites {
+        status: q.status,
+        retry_after: q.retry_after,
+        left: q.count.min(1_000),
+        keys: Default::default(),
+    };
+    "failing writes".into_response()
+}
+
+async fn failed_writes(State(ctl): State<Shared>) -> Response {
+    let f = ctl.fail_writes.lock().unwrap_or_else(|e| e.into_inner());
+    axum::Json(&*f).into_response()
+}
+
+/// The error answer for a write while `fail-writes` has some left.
+fn failed_write(ctl: &Ctl, req: &Request) -> Option<Response> {
+    let m = req.method();
+    let write = m == axum::http::Method::PUT
+        || m == axum::http::Method::POST
+        || m == axum::http::Method::DELETE;
+    if !write || !req.uri().path().starts_with("/v1/rooms/") {
+        return None;
+    }
+    let mut f = ctl.fail_writes.lock().unwrap_or_else(|e| e.into_inner());
+    if f.left == 0 {
+        return None;
+    }
+    f.left -= 1;
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if f.keys.len() == 100 {
+        f.keys.pop_front();
+    }
+    f.keys.push_back(key);
+    let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let code = match f.status {
+        429 => "rate_limited",
+        503 => "store_unavailable",
+        403 => "forbidden",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let body = serde_json::json!({
+        "type": format!("https://tidewire.dev/problems/{code}"),
+        "title": code.replace('_', " "),
+        "status": f.status,
+        "detail": "answered by the harness proxy (fail-writes)",
+        "code": code,
+    });
+    let mut resp = Response::builder()
+        .status(status)
+        .header("content-type", "application/problem+json")
+        .header("access-control-allow-origin", "*")
+        .header("access-control-expose-headers", "retry-after");
+    if let Some(r) = f.retry_after {
+        resp = resp.header("retry-after", r.to_string());
+    }
+    resp.body(Body::from(body.to_string())).ok()
+}
 
 #[derive(serde::Deserialize, Default)]
 struct Flags {
@@ -388,6 +481,9 @@ async fn proxy(State(ctl): State<Shared>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
+    if let Some(resp) = failed_write(&ctl, &req) {
+        return resp;
+    }
     let is_sse = req.uri().path() == "/v1/sse";
     if is_sse && ctl.stall_sse.load(Ordering::SeqCst) {
         // A buffering proxy: hold the response without a byte (bounded).
@@ -500,6 +596,7 @@ async fn main() -> Result<()> {
             .no_proxy()
             .build()
             .context("http client")?,
+        fail_writes: Default::default(),
     });
     let cors = tower_http::cors::CorsLayer::very_permissive();
     let control = Router::new()
@@ -511,6 +608,7 @@ async fn main() -> Result<()> {
         .route("/sse-freeze", post(sse_freeze))
         .route("/ws-freeze", post(ws_freeze))
         .route("/token", post(token))
+        .route("/fail-writes", post(fail_writes).get(failed_writes))
         .layer(cors)
         .with_state(ctl.clone());
     serve(SocketAddr::from(([127, 0, 0, 1], args.ctl_port)), control).await?;
