@@ -73,6 +73,15 @@ pub struct Config {
         hide = true
     )]
     pub bus_drop_every: u64,
+    /// Admin credentials for the live dashboard at `/admin` and its data, comma separated
+    /// (several for rotation); sent as `Authorization: Bearer`. Without one `/admin` is 404.
+    #[arg(
+        long,
+        env = "TIDEWIRE_ADMIN_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_token: Vec<String>,
     /// HS256 secret for JWT auth; without it access is open (the demo).
     #[arg(long, env = "TIDEWIRE_JWT_SECRET")]
     pub jwt_secret: Option<String>,

@@ -29,6 +29,7 @@
 //! the Redis [`bus`] and [`presence`] (see `docs/scaling.md`); without them a node runs on
 //! SQLite with the in-process bus.
 
+pub mod admin;
 pub mod auth;
 mod backends;
 pub mod bus;
@@ -51,6 +52,7 @@ pub mod service;
 pub mod session;
 pub mod shutdown;
 pub mod state;
+pub mod stats;
 pub mod store;
 #[cfg(test)]
 mod testing;
@@ -139,6 +141,13 @@ impl Server {
         };
         let policy = Policy::new(service.clone(), limits, sizes);
         let shutdown = Arc::new(Shutdown::new(config.drain_window()));
+        // API keys as admin credentials too: chain them into this iterator.
+        let admin = admin::Admin::new(
+            config.admin_token.iter().cloned(),
+            &hub,
+            &service,
+            shutdown.clone(),
+        );
         let sessions = Arc::new(Sessions::new(
             service.clone(),
             hub,
@@ -160,6 +169,7 @@ impl Server {
                 shutdown,
             },
             body_limit: BodyLimit(config.max_body_bytes),
+            admin,
         };
         spawn_maintenance(Arc::downgrade(&service), config.retention_secs);
         Ok(Server {

@@ -9,7 +9,9 @@ use std::path::Path;
 /// The top-level modules of `server/src`, lowest layer first.
 const LAYERS: &[&[&str]] = &[
     // Cross-cutting base: no I/O policy, no backends.
-    &["error", "clock", "payload", "config", "metrics", "testing"],
+    &[
+        "error", "clock", "payload", "config", "metrics", "stats", "testing",
+    ],
     &["redis_conn"],
     // Backends behind traits.
     &["store", "bus", "presence"],
@@ -18,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     // The ordered write path, the local fan-out and its queues.
     &["outbound"],
     &["service", "hub"],
-    &["policy"],
+    &["policy", "admin"],
     &["session"],
     &["transport", "state"],
     &["routes"],
