@@ -206,11 +206,15 @@ function chart(sel, now, series) {
   const h = svg.clientHeight || 160;
   const left = 38; const bottom = 16; const top = 6; const right = 6;
   svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
-  const from = now - WINDOW_MS;
+  // Five minutes once there is that much; at least one minute, so a fresh node fills the chart.
+  let oldest = now;
+  for (const s of series) if (s.points.length) oldest = Math.min(oldest, s.points[0][0]);
+  const span = Math.min(WINDOW_MS, Math.max(60_000, now - oldest));
+  const from = now - span;
   let max = 0;
   for (const s of series) for (const [, v] of s.points) if (v != null && v > max) max = v;
   max = niceMax(max);
-  const x = (t) => left + ((t - from) / WINDOW_MS) * (w - left - right);
+  const x = (t) => left + ((t - from) / span) * (w - left - right);
   const y = (v) => top + (1 - v / max) * (h - top - bottom);
   svg.replaceChildren();
   for (let i = 0; i <= 4; i += 1) {
@@ -218,8 +222,10 @@ function chart(sel, now, series) {
     svg.append(el('line', { class: 'grid', x1: left, x2: w - right, y1: y(v), y2: y(v) }));
     svg.append(el('text', { x: left - 4, y: y(v) + 3, 'text-anchor': 'end' }, fmt(v, 2)));
   }
-  for (const m of [5, 4, 3, 2, 1, 0]) {
-    svg.append(el('text', { x: x(now - m * 60_000), y: h - 3, 'text-anchor': m === 0 ? 'end' : 'middle' }, m ? `-${m}m` : 'now'));
+  for (let i = 5; i >= 0; i -= 1) {
+    const ago = (span * i) / 5;
+    const label = i === 0 ? 'now' : ago >= 120_000 ? `-${fmt(ago / 60_000)}m` : `-${Math.round(ago / 1000)}s`;
+    svg.append(el('text', { x: x(now - ago), y: h - 3, 'text-anchor': i === 0 ? 'end' : i === 5 ? 'start' : 'middle' }, label));
   }
   const legend = fig.querySelector('.legend');
   legend.replaceChildren();
