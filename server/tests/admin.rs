@@ -17,7 +17,11 @@ const TOKENS: &str = "old-admin-token,new-admin-token";
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn start(admin_token: &str) -> (String, Server) {
-    let config = Config {
+    start_with(admin_token, |_| {}).await
+}
+
+async fn start_with(admin_token: &str, f: impl FnOnce(&mut Config)) -> (String, Server) {
+    let mut config = Config {
         database: "sqlite::memory:".into(),
         admin_token: admin_token
             .split(',')
@@ -26,6 +30,7 @@ async fn start(admin_token: &str) -> (String, Server) {
             .collect(),
         ..Config::default()
     };
+    f(&mut config);
     let server = Server::new(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -124,6 +129,72 @@ async fn a_wrong_token_is_refused_and_every_rotated_token_accepted() {
         get(&format!("{base}/admin/nothing"), None).await.status(),
         404
     );
+}
+
+/// Two nodes on one Redis bus: node B's `/admin/stats` lists itself first and node A, whose
+/// snapshots (with the writes made on A) arrived through the `_tidewire.admin` room over
+/// Redis. Both nodes run in this process and share its counters, so the figures of the two
+/// are not told apart here; the bus path is what is checked.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn several_nodes_show_up_through_the_bus() {
+    let _serial = SERIAL.lock().await;
+    let prefix = format!("tidewire-admin-test:{}:", ulid::Ulid::generate());
+    let redis = |c: &mut Config| {
+        c.redis = Some("redis://127.0.0.1:6379".into());
+        c.redis_prefix = prefix.clone();
+    };
+    let (a, _sa) = start_with(TOKENS, redis).await;
+    let (b, _sb) = start_with(TOKENS, redis).await;
+    let node_of = |base: String| async move {
+        let v: Value = get(&format!("{base}/admin/stats"), Some("new-admin-token"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["node"].as_str().unwrap().to_owned()
+    };
+    let (na, nb) = (node_of(a.clone()).await, node_of(b.clone()).await);
+    assert_ne!(na, nb);
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let res = client
+            .post(format!("{a}/v1/rooms/multi/events"))
+            .json(&json!({"type": "tick", "data": {"n": i}}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+    // B sees A's busy second and its own idle ones.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Value = get(&format!("{b}/admin/stats"), Some("new-admin-token"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let nodes = v["nodes"].as_array().unwrap();
+        let of = |n: &str| nodes.iter().find(|x| x["node"] == n).cloned();
+        if let (Some(from_a), Some(own)) = (of(&na), of(&nb)) {
+            assert_eq!(own["local"], true);
+            assert_eq!(from_a["local"], false);
+            assert_eq!(nodes[0]["node"], nb, "the answering node first");
+            let a_in: f64 = from_a["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["events_in_per_s"].as_f64().unwrap())
+                .sum();
+            if a_in > 0.0 {
+                let lag = from_a["samples"][0]["bus_lag_ms"].as_i64().unwrap();
+                assert!((0..2000).contains(&lag), "Redis bus lag {lag} ms");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "both nodes on B: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls `/admin/stats` until `want` holds for a sample of this node (at most 10 s).
