@@ -95,6 +95,10 @@ pub struct Snapshot {
     pub gaps_filled_total: u64,
     /// Duplicate bus messages dropped during the second.
     pub duplicates: u64,
+    /// Age of the oldest outbox row not yet published, in milliseconds (`null` without an
+    /// outbox or when it is empty).
+    #[serde(default)]
+    pub outbox_lag_ms: Option<u64>,
     /// Rooms this node's connections follow.
     pub rooms: usize,
     /// The most followed of them.
@@ -402,6 +406,7 @@ fn snapshot(
         gaps_filled: b.gaps_filled.saturating_sub(a.gaps_filled),
         gaps_filled_total: b.gaps_filled,
         duplicates: b.duplicates.saturating_sub(a.duplicates),
+        outbox_lag_ms: b.outbox_oldest_pending_ms,
         rooms: rooms.saturating_sub(usize::from(hub.subscribers(ADMIN_ROOM) > 0)),
         top_rooms,
     }
@@ -430,6 +435,7 @@ mod tests {
                 gaps_filled: 0,
                 gaps_filled_total: 0,
                 duplicates: 0,
+                outbox_lag_ms: None,
                 rooms: 0,
                 top_rooms: vec![],
             },

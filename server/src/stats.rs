@@ -59,6 +59,8 @@ struct Counters {
     gaps_filled: AtomicU64,
     duplicates: AtomicU64,
     latency: [AtomicU64; BUCKETS],
+    /// Milliseconds; -1 when nothing reports an outbox.
+    outbox_oldest_pending_ms: AtomicI64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -74,6 +76,7 @@ static C: Counters = Counters {
     gaps_filled: ZERO,
     duplicates: ZERO,
     latency: [ZERO; BUCKETS],
+    outbox_oldest_pending_ms: AtomicI64::new(-1),
 };
 
 /// A write was appended (beside `metrics::event_in`).
@@ -99,6 +102,13 @@ pub fn gap_filled() {
 /// The hub dropped a duplicate bus message (beside `metrics::duplicate_dropped`).
 pub fn duplicate_dropped() {
     C.duplicates.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The age of the oldest outbox row not yet published (`None`: the outbox is empty or
+/// absent), beside the `tidewire_outbox_oldest_pending_seconds` gauge.
+pub fn outbox_oldest_pending(age: Option<Duration>) {
+    let ms = age.map_or(-1, |d| d.as_millis().min(i64::MAX as u128) as i64);
+    C.outbox_oldest_pending_ms.store(ms, Ordering::Relaxed);
 }
 
 fn bucket_of(d: Duration) -> usize {
@@ -176,6 +186,8 @@ pub struct Totals {
     pub gaps_filled: u64,
     /// Duplicate bus messages dropped.
     pub duplicates: u64,
+    /// The oldest unpublished outbox row's age in milliseconds, when an outbox reports one.
+    pub outbox_oldest_pending_ms: Option<u64>,
 }
 
 /// Reads every total.
@@ -187,6 +199,8 @@ pub fn totals() -> Totals {
         slow_cuts: per(|i| C.slow_cuts[i].load(Ordering::Relaxed)),
         gaps_filled: C.gaps_filled.load(Ordering::Relaxed),
         duplicates: C.duplicates.load(Ordering::Relaxed),
+        outbox_oldest_pending_ms: u64::try_from(C.outbox_oldest_pending_ms.load(Ordering::Relaxed))
+            .ok(),
     }
 }
 
@@ -255,6 +269,14 @@ mod tests {
         drop(c);
         assert_eq!(slot("sse"), 0);
         assert_eq!(slot("poll"), 2);
+    }
+
+    #[test]
+    fn the_outbox_age_is_reported_until_cleared() {
+        outbox_oldest_pending(Some(Duration::from_millis(1500)));
+        assert_eq!(totals().outbox_oldest_pending_ms, Some(1500));
+        outbox_oldest_pending(None);
+        assert_eq!(totals().outbox_oldest_pending_ms, None);
     }
 
     #[test]

@@ -177,6 +177,7 @@ function draw() {
     { name: 'lag ms', points: pick((s) => s.bus_lag_ms) },
     { name: 'gaps filled', points: pick((s) => s.gaps_filled) },
     { name: 'duplicates', points: pick((s) => s.duplicates) },
+    { name: 'outbox lag ms', points: pick((s) => s.outbox_lag_ms ?? null) },
   ]);
   rooms(last);
   nodeTable(now);
@@ -285,7 +286,7 @@ function nodeTable(now) {
     const cells = [
       name + (name === localNode ? ' (this)' : ''), fmt(sum3(s.connections), 0), fmt(s.events_in_per_s),
       fmt(sum3(s.events_out_per_s)), ms(s.write_p99_ms), fmt(s.slow_cuts_total, 0),
-      fmt(s.gaps_filled_total, 0), ms(s.bus_lag_ms), `${Math.max(0, Math.round((now - s.ts) / 1000))} s ago`,
+      fmt(s.gaps_filled_total, 0), ms(s.bus_lag_ms), ms(s.outbox_lag_ms), `${Math.max(0, Math.round((now - s.ts) / 1000))} s ago`,
     ];
     for (const c of cells) {
       const td = document.createElement('td');
