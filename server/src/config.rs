@@ -90,6 +90,15 @@ pub struct Config {
     /// outlives its node's last refresh; a killed node's connections stop counting after it.
     #[arg(long, env = "TIDEWIRE_CLUSTER_LIMITS_TTL_MS", default_value_t = 30_000)]
     pub cluster_limits_ttl_ms: u64,
+    /// Admin credentials for the live dashboard at `/admin` and its data, comma separated
+    /// (several for rotation); sent as `Authorization: Bearer`. Without one `/admin` is 404.
+    #[arg(
+        long,
+        env = "TIDEWIRE_ADMIN_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub admin_token: Vec<String>,
     /// HS256 secret for JWT auth; without it access is open (the demo).
     #[arg(long, env = "TIDEWIRE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,

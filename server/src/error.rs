@@ -169,6 +169,7 @@ impl Error {
     pub fn ack_error(&self) -> AckError {
         if let Error::Store(_) = self {
             tracing::error!(error = %self, "a WebSocket request failed in the store");
+            crate::metrics::store_error();
         }
         AckError {
             code: self.code(),
@@ -192,6 +193,9 @@ impl IntoResponse for Error {
                 | Error::Config(_)
         ) {
             tracing::error!(error = %self, "request failed");
+        }
+        if matches!(self, Error::Store(_)) {
+            crate::metrics::store_error();
         }
         let problem = self.problem();
         let status =

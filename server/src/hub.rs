@@ -138,6 +138,27 @@ impl Hub {
         self.lock().get(room).map_or(0, |r| r.subs.len())
     }
 
+    /// The `n` rooms with the most local subscribers, most first, and how many rooms local
+    /// connections follow in all: one pass over the rooms (for the `/admin` page).
+    pub fn top_rooms(&self, n: usize) -> (Vec<(Arc<str>, usize)>, usize) {
+        let rooms = self.lock();
+        let mut all: Vec<(Arc<str>, usize)> = rooms
+            .iter()
+            .map(|(room, r)| (room.clone(), r.subs.len()))
+            .collect();
+        drop(rooms);
+        let total = all.len();
+        let by_count =
+            |a: &(Arc<str>, usize), b: &(Arc<str>, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
+        if n > 0 && all.len() > n {
+            all.select_nth_unstable_by(n - 1, by_count);
+            all.truncate(n);
+        }
+        all.sort_unstable_by(by_count);
+        all.truncate(n);
+        (all, total)
+    }
+
     /// Consumes the bus until it ends.
     pub async fn run(self: Arc<Self>, mut messages: BoxStream<'static, BusMessage>) {
         while let Some(msg) = messages.next().await {
@@ -215,6 +236,7 @@ impl Hub {
         if let Some(last) = last {
             if seq <= last {
                 metrics::duplicate_dropped();
+                crate::stats::duplicate_dropped();
                 return;
             }
             if seq > last + 1 {
@@ -229,6 +251,7 @@ impl Hub {
         match self.store.read(room, last, missing).await {
             Ok(events) => {
                 metrics::gap_filled();
+                crate::stats::gap_filled();
                 for ev in events.into_iter().filter(|e| e.seq < seq) {
                     self.deliver_durable(room, ev.seq, &ev.json.into());
                 }
@@ -431,6 +454,25 @@ mod tests {
             [2],
             "the head is delivered (the session fills what is before it)"
         );
+    }
+
+    #[tokio::test]
+    async fn top_rooms_are_the_most_followed() {
+        let (_store, hub, _c1) = setup().await;
+        let mut inboxes = Vec::new();
+        for (room, n) in [("a", 3), ("b", 1), ("c", 5)] {
+            for i in 0..n {
+                let (outbox, inbox) = queue(1);
+                hub.register(room, &format!("{room}{i}"), outbox, false);
+                inboxes.push(inbox);
+            }
+        }
+        let (top, total) = hub.top_rooms(2);
+        assert_eq!(total, 4);
+        let names: Vec<(&str, usize)> = top.iter().map(|(r, n)| (&**r, *n)).collect();
+        assert_eq!(names, [("c", 5), ("a", 3)]);
+        assert_eq!(hub.top_rooms(10).0.len(), 4);
+        assert!(hub.top_rooms(0).0.is_empty());
     }
 
     #[tokio::test]

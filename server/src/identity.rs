@@ -225,6 +225,11 @@ pub enum Access {
 /// Whether `who` may `access` `room`: always when auth is off; otherwise `token_expired`
 /// past the token's expiry, `forbidden` when no pattern of the token matches.
 pub fn authorize(who: &ClientIdentity, room: &str, access: Access) -> Result<()> {
+    if crate::stats::is_internal_room(room) {
+        return Err(Error::Forbidden(format!(
+            "room `{room}` is the server's own"
+        )));
+    }
     let Some(grant) = &who.grant else {
         return Ok(());
     };

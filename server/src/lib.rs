@@ -32,6 +32,7 @@
 //! the Redis [`bus`] and [`presence`] (see `docs/scaling.md`); without them a node runs on
 //! SQLite with the in-process bus.
 
+pub mod admin;
 pub mod auth;
 mod backends;
 pub mod bus;
@@ -55,6 +56,7 @@ pub mod service;
 pub mod session;
 pub mod shutdown;
 pub mod state;
+pub mod stats;
 pub mod store;
 #[cfg(test)]
 mod testing;
@@ -149,6 +151,13 @@ impl Server {
         };
         let policy = Policy::new(service.clone(), limits, sizes);
         let shutdown = Arc::new(Shutdown::new(config.drain_window()));
+        // A backend API key is an admin credential too.
+        let admin = admin::Admin::new(
+            config.admin_token.iter().chain(&config.api_key).cloned(),
+            &hub,
+            &service,
+            shutdown.clone(),
+        );
         let sessions = Arc::new(Sessions::new(
             service.clone(),
             hub,
@@ -172,6 +181,7 @@ impl Server {
                 outbox,
             },
             body_limit: BodyLimit(config.max_body_bytes),
+            admin,
         };
         spawn_maintenance(Arc::downgrade(&service), config.retention_secs);
         Ok(Server {

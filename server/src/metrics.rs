@@ -234,6 +234,11 @@ impl Drop for ConnectionGauge {
     }
 }
 
+/// A request failed in the store.
+pub fn store_error() {
+    metrics::counter!("tidewire_store_errors_total").increment(1);
+}
+
 /// A write was appended.
 pub fn event_in() {
     metrics::counter!("tidewire_events_in_total").increment(1);

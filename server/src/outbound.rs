@@ -221,6 +221,7 @@ impl Outbox {
         if !state.slow.swap(true, Ordering::AcqRel) {
             if let Some(transport) = state.transport {
                 crate::metrics::slow_consumer(transport.as_str());
+                crate::stats::slow_consumer(transport.as_str());
             }
         }
         // A slow connection reads no more: its queue is freed now, not when it closes.

@@ -136,6 +136,7 @@ impl Service {
             .await
             .map_err(|_| Error::Internal("the write's commit stopped".into()))??;
         metrics::write_latency(started.elapsed());
+        crate::stats::write_latency(started.elapsed());
         Ok(written)
     }
 
@@ -255,6 +256,7 @@ async fn commit(mut lane: Committing, store: Arc<dyn Store>, bus: Arc<dyn Bus>) 
                         ))
                         .await;
                     metrics::event_in();
+                    crate::stats::event_in();
                     published.map(|()| written)
                 }
                 other => other,

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use crate::admin::Admin;
 pub use crate::identity::Identify;
 use crate::policy::Policy;
 use crate::service::Service;
@@ -55,4 +56,6 @@ pub struct AppState {
     pub ops: Ops,
     /// The request body limit.
     pub body_limit: BodyLimit,
+    /// The `/admin` dashboard (off without an admin token).
+    pub admin: Admin,
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 /// The top-level modules of `server/src`, lowest layer first.
 const LAYERS: &[&[&str]] = &[
     // Cross-cutting base: no I/O policy, no backends.
-    &["error", "clock", "payload", "config", "metrics", "testing"],
+    &[
+        "error", "clock", "payload", "config", "metrics", "stats", "testing",
+    ],
     &["redis_conn"],
     // Backends behind traits.
     &["store", "bus", "presence"],
@@ -19,8 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["outbound"],
     &["service", "hub"],
     // The write policy for clients; the consumer of the app's own database (it writes
-    // through the service, as a backend may).
-    &["policy", "outbox"],
+    // through the service, as a backend may); the admin dashboard's sampler.
+    &["policy", "outbox", "admin"],
     &["session"],
     &["transport", "state"],
     &["routes"],

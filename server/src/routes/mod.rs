@@ -7,6 +7,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 pub mod ops;
 pub mod rest;
 pub mod tickets;
@@ -45,6 +46,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1", axum::routing::any(not_found))
         .route("/v1/{*rest}", axum::routing::any(not_found))
         .route("/healthz", get(ops::healthz))
+        .merge(admin::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(

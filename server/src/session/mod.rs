@@ -191,6 +191,7 @@ pub struct Session {
     joined: HashSet<String>,
     _guard: ConnectionGuard,
     _gauge: ConnectionGauge,
+    _stats: crate::stats::Connection,
 }
 
 impl Session {
@@ -232,6 +233,7 @@ impl Session {
             joined: HashSet::new(),
             _guard: guard,
             _gauge: ConnectionGauge::new(transport.as_str()),
+            _stats: crate::stats::Connection::new(transport.as_str()),
             sessions: state,
         })
     }

@@ -102,6 +102,7 @@ pub async fn handler(
         .map(|r| Envelope::decode(r.payload.as_str()).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
     crate::metrics::sent(TransportKind::Poll.as_str(), events.len() as u64, 0);
+    crate::stats::sent(TransportKind::Poll.as_str(), events.len() as u64);
     Ok(Json(PollResponse {
         events,
         cursor: session.cursor.to_string(),

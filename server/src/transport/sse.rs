@@ -158,6 +158,7 @@ pub async fn handler(
     };
     let body = futures::stream::unfold(stream, |mut stream| async move {
         let chunk = stream.next_chunk().await?;
+        crate::stats::sent(TransportKind::Sse.as_str(), chunk.events);
         metrics::sent(
             TransportKind::Sse.as_str(),
             chunk.events,

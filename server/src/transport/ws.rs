@@ -229,6 +229,7 @@ impl Conn {
     /// timeout, or fell behind (its queue overflowed) meanwhile.
     async fn flush(&mut self) -> bool {
         metrics::sent(TransportKind::Ws.as_str(), self.fed, self.bytes);
+        crate::stats::sent(TransportKind::Ws.as_str(), self.fed);
         self.fed = 0;
         self.bytes = 0;
         // Usually the socket takes everything at once: no timer and no wait then.
