@@ -51,7 +51,7 @@ process.once('exit', () => {
  * Starts `tidewire serve` and resolves once it prints `tidewire listening on http://ADDR`.
  * Pass `port` and `dir` to restart on the same address and database.
  */
-export async function startServer({ port, dir, readyTimeoutMs = 20_000 } = {}) {
+export async function startServer({ port, dir, readyTimeoutMs = 20_000, extraArgs = [] } = {}) {
   const bin = findBinary();
   if (!existsSync(join(pkgDir, 'package.json'))) {
     throw new Error(`no wasm package in ${pkgDir}: build it with \`wasm-pack build client --release --target web --out-dir pkg\``);
@@ -61,7 +61,7 @@ export async function startServer({ port, dir, readyTimeoutMs = 20_000 } = {}) {
   port = port || (await freePort());
   const listen = `127.0.0.1:${port}`;
   const args = ['serve', '--listen', listen, '--database', `sqlite://${join(dir, 'demo.db')}`,
-    '--www-dir', join(ROOT, 'www'), '--pkg-dir', pkgDir];
+    '--www-dir', join(ROOT, 'www'), '--pkg-dir', pkgDir, ...extraArgs];
   const proc = spawn(bin, args, {
     cwd: ROOT,
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
