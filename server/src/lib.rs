@@ -44,6 +44,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
+#[cfg(feature = "postgres")]
 pub mod outbox;
 pub mod payload;
 pub mod policy;
@@ -134,7 +135,14 @@ impl Server {
             spawn_head_check(Arc::downgrade(&hub), store.clone());
         }
         let service = Arc::new(Service::new(store, bus, presence));
+        #[cfg(feature = "postgres")]
         let outbox = outbox::spawn(&config, &service).await?;
+        #[cfg(not(feature = "postgres"))]
+        if config.outbox.is_some() {
+            return Err(Error::Config(
+                "--outbox is not built into this server: enable the `postgres` feature".into(),
+            ));
+        }
         let mut limits = Limits::new(
             config.max_connections_per_client,
             config.write_rate,
@@ -178,6 +186,7 @@ impl Server {
             ops: Ops {
                 metrics: metrics::install(),
                 shutdown,
+                #[cfg(feature = "postgres")]
                 outbox,
             },
             body_limit: BodyLimit(config.max_body_bytes),

@@ -34,6 +34,7 @@ pub struct Ops {
     /// The draining flag.
     pub shutdown: Arc<Shutdown>,
     /// Whether the app's outbox database answers (`--outbox`; `None` without it).
+    #[cfg(feature = "postgres")]
     pub outbox: Option<crate::outbox::Health>,
 }
 

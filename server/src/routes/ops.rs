@@ -32,9 +32,13 @@ pub async fn metrics(State(state): State<Ops>) -> impl IntoResponse {
 
 /// Liveness and readiness.
 pub async fn healthz(State(state): State<Ops>) -> impl IntoResponse {
+    #[cfg(feature = "postgres")]
+    let outbox_away = state.outbox.as_ref().is_some_and(|h| h.problem().is_some());
+    #[cfg(not(feature = "postgres"))]
+    let outbox_away = false;
     if state.shutdown.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if state.outbox.as_ref().is_some_and(|h| h.problem().is_some()) {
+    } else if outbox_away {
         (StatusCode::OK, "degraded: outbox database unreachable")
     } else {
         (StatusCode::OK, "ok")
