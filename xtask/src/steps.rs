@@ -222,6 +222,15 @@ pub const STEPS: &[Step] = &[
             ],
         ),
     ),
+    // Every fuzz target, built with libFuzzer's coverage instrumentation on stable, fuzzed
+    // 10 s from the seeds (FUZZ_SECONDS=600 bash fuzz/run.sh for a longer run).
+    Step::new(
+        "fuzz targets, 10 s each (fuzz/run.sh)",
+        Native,
+        Some("fuzz/run.sh"),
+        ".",
+        Exec("bash", &["fuzz/run.sh"]),
+    ),
     Step::new(
         "protocol crate on wasm32",
         Wasm,
