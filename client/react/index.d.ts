@@ -2,16 +2,31 @@
 // the React test app type-checks against them with `tsc --strict`).
 import type { ReactElement, ReactNode } from 'react';
 import type {
-  BroadcastMessage,
+  BroadcastMessage as SdkBroadcastMessage,
   Client,
   ClientOptions,
-  PresenceMember,
-  RollbackInfo,
-  RoomItem,
+  PresenceMember as SdkPresenceMember,
+  RollbackInfo as SdkRollbackInfo,
+  RoomItem as SdkRoomItem,
   StateName,
-  TidewireEvent,
+  TidewireEvent as SdkTidewireEvent,
   WriteOptions,
 } from 'tidewire';
+
+// The SDK's generated types carry application JSON as `any`; the hooks hand it out as
+// `unknown` (narrow it, or name its type with the parameter), so no public signature of
+// `tidewire/react` is `any`.
+
+/** An item of a room: its `value` is application JSON (`V`, `unknown` unless named). */
+export type RoomItem<V = unknown> = Omit<SdkRoomItem, 'value'> & { value: V };
+/** A member of a room's presence set: its `meta` is application JSON. */
+export type PresenceMember<M = unknown> = Omit<SdkPresenceMember, 'meta'> & { meta: M };
+/** A server event envelope: its `data` is JSON. */
+export type TidewireEvent = Omit<SdkTidewireEvent, 'data'> & { data: unknown };
+/** A broadcast: its `data` is application JSON. */
+export type BroadcastMessage = Omit<SdkBroadcastMessage, 'data'> & { data: unknown };
+/** A refused write: the server's current `value` is application JSON. */
+export type RollbackInfo = Omit<SdkRollbackInfo, 'value'> & { value: unknown };
 
 /** Props of `<TidewireProvider>`: client options (a client is made and owned) or a client. */
 export type TidewireProviderProps =

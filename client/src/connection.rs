@@ -95,6 +95,7 @@ impl Shared {
                 event: b.event.clone(),
                 data: b.data.clone(),
                 from: b.from.clone(),
+                user: b.user.clone(),
             }),
             Event::PresenceJoin(_) | Event::PresenceLeave(_) | Event::PresenceState(_) => {
                 let members = {

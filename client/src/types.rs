@@ -150,6 +150,9 @@ pub struct BroadcastMessage {
     /// Its payload.
     #[cfg_attr(feature = "ts", ts(type = "any"))]
     pub data: Value,
-    /// The sender's client id.
+    /// The sender's client id (chosen by the sending client).
     pub from: Option<String>,
+    /// The sender's authenticated subject, set by the server when auth is on: what to trust
+    /// about who sent it.
+    pub user: Option<String>,
 }

@@ -257,9 +257,14 @@ export type BroadcastMessage = {
    */
   data: any,
   /**
-   * The sender's client id.
+   * The sender's client id (chosen by the sending client).
    */
   from: string | null,
+  /**
+   * The sender's authenticated subject, set by the server when auth is on: what to trust
+   * about who sent it.
+   */
+  user: string | null,
 };
 
 /**

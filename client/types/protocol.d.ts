@@ -124,9 +124,14 @@ export type BroadcastData = {
    */
   data: JsonValue,
   /**
-   * The sending connection's client id, when known.
+   * The sending connection's client id, when known (chosen by that client).
    */
-  from?: string, };
+  from?: string,
+  /**
+   * The sender's authenticated subject, set by the server when auth is on (a client cannot
+   * choose it): what to trust about who sent it.
+   */
+  user?: string, };
 
 /**
  * One member of a room's presence set.

@@ -355,7 +355,13 @@ fn spawn_sampler(node: Arc<str>, hub: &Arc<Hub>, service: &Arc<Service>) {
                 Err(_) => continue,
             };
             if let Err(err) = service
-                .broadcast(ADMIN_ROOM, &node, "tidewire", STATS_EVENT.into(), data)
+                .broadcast(
+                    ADMIN_ROOM,
+                    &node,
+                    ("tidewire", None),
+                    STATS_EVENT.into(),
+                    data,
+                )
                 .await
             {
                 tracing::debug!(%err, "admin stats broadcast");
@@ -467,6 +473,7 @@ mod tests {
                 event: STATS_EVENT.into(),
                 data: serde_json::to_value(&s).unwrap(),
                 from: None,
+                user: None,
             }),
         );
         let got = sample_of(&json).unwrap();
@@ -478,6 +485,7 @@ mod tests {
                 event: "cursor".into(),
                 data: serde_json::json!({}),
                 from: None,
+                user: None,
             }),
         );
         assert!(sample_of(&other).is_none());

@@ -135,7 +135,7 @@ impl Policy {
         self.limits.check_write(&who.key).await?;
         check_size(&data, self.sizes.broadcast)?;
         self.service
-            .broadcast(room, origin, from, event, data)
+            .broadcast(room, origin, (from, who.subject.as_deref()), event, data)
             .await
     }
 }

@@ -140,12 +140,13 @@ impl Service {
         Ok(written)
     }
 
-    /// Sends a `broadcast` to the room's subscribers other than connection `origin`.
+    /// Sends a `broadcast` to the room's subscribers other than connection `origin`, from
+    /// client `from` of the authenticated `user` (when auth is on).
     pub async fn broadcast(
         &self,
         room: &str,
         origin: &str,
-        from: &str,
+        (from, user): (&str, Option<&str>),
         event: String,
         data: Value,
     ) -> Result<()> {
@@ -155,6 +156,7 @@ impl Service {
                 event,
                 data,
                 from: Some(from.to_owned()),
+                user: user.map(str::to_owned),
             }),
         );
         self.bus

@@ -507,3 +507,43 @@ async fn the_router_nested_under_a_prefix_serves_every_transport() {
         .unwrap();
     assert_eq!(poll["events"][0]["type"], "item.put");
 }
+
+#[tokio::test]
+async fn a_broadcast_names_its_sender_s_subject_whatever_client_id_it_claims() {
+    let (addr, _s) = start(|c| c.jwt_secret = Some(SECRET.into())).await;
+    let authed = |sub: &'static str, client_id: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut ws = ws(&addr, &format!("client_id={client_id}")).await;
+            let t = token(sub, &["r"], &["r"]);
+            let ack = call(&mut ws, json!({"type":"auth","ref":"a","token":t})).await;
+            assert_eq!(ack["ok"], true, "{ack}");
+            subscribe(&mut ws, "r").await;
+            ws
+        }
+    };
+    let mut bob = authed("bob", "bob-tab").await;
+    // Mallory claims Bob's client id: `from` says what she chose, `user` who she is.
+    let mut mallory = authed("mallory", "bob-tab").await;
+    let sent = call(
+        &mut mallory,
+        json!({"type":"broadcast","ref":"b","room":"r","event":"cursor","data":{"x":1}}),
+    )
+    .await;
+    assert_eq!(sent["ok"], true, "{sent}");
+    let got = loop {
+        let msg = tokio::time::timeout(T, bob.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = msg {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "broadcast" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(got["data"]["from"], "bob-tab");
+    assert_eq!(got["data"]["user"], "mallory", "{got}");
+}

@@ -88,10 +88,15 @@ pub struct BroadcastData {
     /// Any JSON payload.
     #[serde(default)]
     pub data: Value,
-    /// The sending connection's client id, when known.
+    /// The sending connection's client id, when known (chosen by that client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "ts", ts(optional))]
     pub from: Option<String>,
+    /// The sender's authenticated subject, set by the server when auth is on (a client cannot
+    /// choose it): what to trust about who sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "ts", ts(optional))]
+    pub user: Option<String>,
 }
 
 /// One member of a room's presence set.

@@ -85,8 +85,14 @@ pub fn event() -> impl Strategy<Value = Event<RawAppEvent>> {
             .prop_map(|(id, version)| Event::ItemDeleted(ItemDeleted { id, version })),
         (app_type(), json())
             .prop_map(|(event_type, data)| Event::App(RawAppEvent { event_type, data })),
-        (text(), json(), option::of(text()))
-            .prop_map(|(event, data, from)| Event::Broadcast(BroadcastData { event, data, from })),
+        (text(), json(), option::of(text()), option::of(text())).prop_map(
+            |(event, data, from, user)| Event::Broadcast(BroadcastData {
+                event,
+                data,
+                from,
+                user
+            })
+        ),
         member().prop_map(Event::PresenceJoin),
         member().prop_map(Event::PresenceLeave),
         vec(member(), 0..4).prop_map(|members| Event::PresenceState(PresenceState { members })),
