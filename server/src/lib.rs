@@ -16,6 +16,24 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Under `axum::serve` the router works (every transport, nested under any prefix), but it
+//! gets none of what the binary's accept loop adds: the small SSE responder (an idle stream
+//! then costs hyper's buffers, ~19 KB instead of ~4 KB), `TCP_USER_TIMEOUT` (a dead peer of
+//! an SSE stream lingers until the kernel's own timeouts), and the header and keep-alive
+//! deadlines and connection caps of `docs/security.md`. To have them, serve your whole app
+//! with [`serve::serve`], naming the nested stream path:
+//!
+//! ```no_run
+//! # async fn run(server: tidewire_server::Server) {
+//! let app = axum::Router::new().nest("/realtime", server.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let mut options = tidewire_server::serve::Options::from_config(server.config());
+//! options.stream_paths = vec!["/realtime/v1/sse".into()];
+//! options.tcp_user_timeout = Some(server.config().idle_timeout());
+//! tidewire_server::serve::serve(listener, app, options, std::future::pending()).await;
+//! # }
+//! ```
+//!
 //! Architecture (each layer imports only those below it; `docs/architecture.md` draws it):
 //! [`store`], [`bus`], [`presence`] (backends behind traits) → [`service`] (the ordered write
 //! path), [`hub`] (fan-out to this node's connections) and [`outbound`] (one bounded queue per

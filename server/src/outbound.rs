@@ -221,6 +221,11 @@ impl Outbox {
         if !state.slow.swap(true, Ordering::AcqRel) {
             if let Some(transport) = state.transport {
                 crate::metrics::slow_consumer(transport.as_str());
+                tracing::info!(
+                    transport = transport.as_str(),
+                    queued_bytes = state.items().bytes,
+                    "slow consumer cut: its queue overflowed; it resumes from its cursor"
+                );
                 crate::stats::slow_consumer(transport.as_str());
             }
         }

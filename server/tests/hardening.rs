@@ -547,3 +547,39 @@ async fn a_broadcast_names_its_sender_s_subject_whatever_client_id_it_claims() {
     assert_eq!(got["data"]["from"], "bob-tab");
     assert_eq!(got["data"]["user"], "mallory", "{got}");
 }
+
+#[tokio::test]
+async fn an_embedder_serving_its_app_with_the_accept_loop_gets_the_sse_responder() {
+    let server = Server::new(Config {
+        database: "sqlite::memory:".into(),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "the app" }))
+        .nest("/realtime", server.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut options = tidewire_server::serve::Options::from_config(server.config());
+    options.stream_paths = vec!["/realtime/v1/sse".into()];
+    let stats = options.stats.clone();
+    tokio::spawn(tidewire_server::serve::serve(
+        listener,
+        app,
+        options,
+        std::future::pending(),
+    ));
+    let res = reqwest::get(format!("http://{addr}/realtime/v1/sse?rooms=e"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let app_page = reqwest::get(format!("http://{addr}/")).await.unwrap();
+    assert_eq!(app_page.text().await.unwrap(), "the app");
+    assert_eq!(
+        stats.streamed.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the nested stream went to the SSE responder"
+    );
+}
