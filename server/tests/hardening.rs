@@ -444,8 +444,9 @@ async fn replay_resync_and_events_out_are_counted() {
     );
 }
 
-#[tokio::test]
-async fn the_router_nested_under_a_prefix_serves_every_transport() {
+/// A server on SQLite in memory, and an app of its own (`/`) with Tidewire's router nested
+/// under `/realtime`.
+async fn app_with_tidewire_under_realtime() -> (Server, axum::Router) {
     let server = Server::new(Config {
         database: "sqlite::memory:".into(),
         ..Config::default()
@@ -455,6 +456,12 @@ async fn the_router_nested_under_a_prefix_serves_every_transport() {
     let app = axum::Router::new()
         .route("/", axum::routing::get(|| async { "the app" }))
         .nest("/realtime", server.router());
+    (server, app)
+}
+
+#[tokio::test]
+async fn the_router_nested_under_a_prefix_serves_every_transport() {
+    let (_server, app) = app_with_tidewire_under_realtime().await;
     let addr = serve(app).await;
     let http = reqwest::Client::new();
     assert_eq!(
@@ -550,15 +557,7 @@ async fn a_broadcast_names_its_sender_s_subject_whatever_client_id_it_claims() {
 
 #[tokio::test]
 async fn an_embedder_serving_its_app_with_the_accept_loop_gets_the_sse_responder() {
-    let server = Server::new(Config {
-        database: "sqlite::memory:".into(),
-        ..Config::default()
-    })
-    .await
-    .unwrap();
-    let app = axum::Router::new()
-        .route("/", axum::routing::get(|| async { "the app" }))
-        .nest("/realtime", server.router());
+    let (server, app) = app_with_tidewire_under_realtime().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut options = tidewire_server::serve::Options::from_config(server.config());
