@@ -109,32 +109,14 @@ pub struct Server {
 /// With a lossy bus, a room whose *last* event was lost has no later event to reveal the gap:
 /// every second, compare each locally followed room's head in the store with what the hub
 /// delivered, and deliver the head (the hub fills the gap before it from the store).
-fn spawn_head_check(hub: std::sync::Weak<Hub>, store: Arc<dyn Store>) {
+fn spawn_head_check(hub: std::sync::Weak<Hub>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             let Some(hub) = hub.upgrade() else { return };
-            for (room, last) in hub.followed() {
-                let head = match store.head(&room).await {
-                    Ok(h) => h,
-                    Err(err) => {
-                        tracing::warn!(%room, %err, "head check");
-                        continue;
-                    }
-                };
-                if head == 0 || last.is_some_and(|l| l >= head) {
-                    continue;
-                }
-                match store.read(&room, head - 1, 1).await {
-                    Ok(events) => {
-                        for ev in events {
-                            hub.deliver(bus::BusMessage::durable(&room, ev.seq, ev.json.into()))
-                                .await;
-                        }
-                    }
-                    Err(err) => tracing::warn!(%room, %err, "head check"),
-                }
+            for (room, _) in hub.followed() {
+                hub.check_head(&room).await;
             }
         }
     });
@@ -150,7 +132,7 @@ impl Server {
         let hub = Hub::with_bus(store.clone(), bus.clone());
         tokio::spawn(hub.clone().run_events(bus.events()));
         if config.redis.is_some() {
-            spawn_head_check(Arc::downgrade(&hub), store.clone());
+            spawn_head_check(Arc::downgrade(&hub));
         }
         let service = Arc::new(Service::new(store, bus, presence));
         #[cfg(feature = "postgres")]
