@@ -36,6 +36,11 @@ async fn start(f: impl FnOnce(&mut Config)) -> (String, Server) {
     (serve(server.router()).await, server)
 }
 
+/// `GET url`, its body as JSON.
+async fn get_json(url: String) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 fn token(sub: &str, read: &[&str], write: &[&str]) -> String {
     Auth::new(SECRET)
         .mint(&Claims::new(sub, 600, read, write))
@@ -94,12 +99,7 @@ async fn presence_only_in_subscribed_rooms_with_bounded_meta() {
     )
     .await;
     assert_eq!(ok["ok"], true, "{ok}");
-    let members: Value = reqwest::get(format!("http://{addr}/v1/rooms/here/presence"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members = get_json(format!("http://{addr}/v1/rooms/here/presence")).await;
     assert_eq!(members["members"][0]["client_id"], "p1");
 }
 
@@ -369,14 +369,7 @@ async fn dotfiles_are_not_served_and_metrics_can_move_off_the_public_port() {
 #[tokio::test]
 async fn a_waiting_long_poll_is_told_to_reconnect_when_the_server_drains() {
     let (addr, server) = start(|c| c.drain_window_ms = 3000).await;
-    let poll = tokio::spawn(async move {
-        reqwest::get(format!("http://{addr}/v1/poll?rooms=q&wait=20"))
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
+    let poll = tokio::spawn(get_json(format!("http://{addr}/v1/poll?rooms=q&wait=20")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.begin_shutdown();
     let answer = tokio::time::timeout(T, poll).await.unwrap().unwrap();
@@ -416,23 +409,9 @@ async fn replay_resync_and_events_out_are_counted() {
     }
     let before = scrape().await;
     // A cursor inside the retained log replays; one past the head resyncs; both over poll.
-    let replayed: Value = http
-        .get(format!("http://{addr}/v1/poll?rooms=m&since=m=3&wait=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let replayed = get_json(format!("http://{addr}/v1/poll?rooms=m&since=m=3&wait=0")).await;
     assert_eq!(replayed["events"].as_array().unwrap().len(), 2);
-    let resynced: Value = http
-        .get(format!("http://{addr}/v1/poll?rooms=m&since=m=99&wait=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resynced = get_json(format!("http://{addr}/v1/poll?rooms=m&since=m=99&wait=0")).await;
     assert_eq!(resynced["events"][0]["type"], "resync");
     let after = scrape().await;
     let delta = |name: &str| counter(&after, name) - counter(&before, name);
@@ -502,16 +481,10 @@ async fn the_router_nested_under_a_prefix_serves_every_transport() {
         call(&mut ws, json!({"type":"ping","ref":"1"})).await["type"],
         "pong"
     );
-    let poll: Value = http
-        .get(format!(
-            "http://{addr}/realtime/v1/poll?rooms=n&since=n=0&wait=0"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let poll = get_json(format!(
+        "http://{addr}/realtime/v1/poll?rooms=n&since=n=0&wait=0"
+    ))
+    .await;
     assert_eq!(poll["events"][0]["type"], "item.put");
 }
 
