@@ -618,6 +618,12 @@ mod tests {
         out
     }
 
+    /// An anonymous session of `s` on `transport`.
+    async fn open(s: &Server, transport: TransportKind) -> Session {
+        let id = ClientIdentity::anonymous("t");
+        s.state().sessions.open(id, transport, None).await.unwrap()
+    }
+
     fn durable(room: &str, seq: u64, json: &str) -> Outbound {
         Outbound::Durable {
             room: room.into(),
@@ -629,13 +635,7 @@ mod tests {
     #[tokio::test]
     async fn admit_drops_duplicates_and_fills_gaps_from_the_store() {
         let s = server().await;
-        let id = ClientIdentity::anonymous("t");
-        let mut session = s
-            .state()
-            .sessions
-            .open(id, TransportKind::Sse, None)
-            .await
-            .unwrap();
+        let mut session = open(&s, TransportKind::Sse).await;
         let since: Cursor = "r=0".parse().unwrap();
         assert!(session
             .follow(&["r".into()], &since, false)
@@ -668,13 +668,7 @@ mod tests {
     #[tokio::test]
     async fn a_gap_older_than_the_log_becomes_a_resync() {
         let s = server().await;
-        let id = ClientIdentity::anonymous("t");
-        let mut session = s
-            .state()
-            .sessions
-            .open(id, TransportKind::Ws, None)
-            .await
-            .unwrap();
+        let mut session = open(&s, TransportKind::Ws).await;
         append_unpublished(&s, "r", 1).await;
         session
             .follow(&["r".into()], &"r=1".parse().unwrap(), false)
@@ -698,13 +692,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let id = ClientIdentity::anonymous("t");
-        let mut session = s
-            .state()
-            .sessions
-            .open(id, TransportKind::Ws, None)
-            .await
-            .unwrap();
+        let mut session = open(&s, TransportKind::Ws).await;
         let rooms: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let err = session
             .follow(&rooms, &Cursor::new(), false)
